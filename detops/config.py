@@ -1,0 +1,189 @@
+"""detops.yaml schema and the one precedence: CLI flag > ``DETOPS_*`` env > detops.yaml > default.
+
+Every setting has a dotted key (``store.url``, ``data.split.val``) and an environment name made
+from it (``DETOPS_STORE_URL``, ``DETOPS_DATA_SPLIT_VAL``). :func:`resolve` returns the values with
+where each one came from, which ``detops config show`` prints.
+
+>>> cfg = resolve(None, env={"DETOPS_DATA_WORKERS": "3"})
+>>> cfg.settings.data.workers, cfg.sources["data.workers"]
+(3, 'env DETOPS_DATA_WORKERS')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detops.errors import ConfigError
+
+CONFIG_FILE = "detops.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreSettings(_Section):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata store; default SQLite in .detops/"
+    )
+    artifacts: str = Field(".detops/artifacts", description="artifact folder, relative to the workspace")
+
+
+class SplitSettings(_Section):
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitSettings:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must add up to 1 (train+val+test = {total:g})")
+        return self
+
+
+class DataSettings(_Section):
+    split: SplitSettings = SplitSettings()
+    workers: int = Field(0, ge=0, description="threads for hashing and decoding; 0 = one per core")
+    voc_one_based: bool = Field(
+        True, description="Pascal VOC corners are 1-based (the original devkit); false = 0-based"
+    )
+
+
+class Settings(_Section):
+    store: StoreSettings = StoreSettings()
+    data: DataSettings = DataSettings()
+
+
+DEFAULT_YAML = """\
+# detops workspace settings. Precedence: CLI flag > DETOPS_* env > this file > default.
+# `detops config show` prints every resolved value and where it came from.
+
+store:
+  # SQLAlchemy URL of the metadata store. Unset = SQLite at .detops/detops.db.
+  # Env: DETOPS_STORE_URL (e.g. postgresql+psycopg://user@host/detops)
+  # url: null
+  # Content-addressed artifact folder, relative to this file.
+  artifacts: .detops/artifacts
+
+data:
+  # Deterministic split from each image's content hash; ratios add up to 1.
+  split:
+    train: 0.8
+    val: 0.2
+    test: 0.0
+  # Threads for hashing and decoding images; 0 = one per core.
+  workers: 0
+  # Pascal VOC corners: true = 1-based as in the original devkit (x1 = xmin - 1).
+  voc_one_based: true
+"""
+
+
+def _flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            out.update(_flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def env_name(key: str) -> str:
+    return "DETOPS_" + key.replace(".", "_").upper()
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _get_dotted(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    settings: Settings
+    sources: dict[str, str]
+    file: Path | None
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        flat = _flatten(self.settings)
+        return [(k, flat[k], self.sources[k]) for k in sorted(flat)]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve(
+    config_file: Path | None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ResolvedConfig:
+    """Resolve settings from defaults, detops.yaml, ``DETOPS_*`` env and CLI flags."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_tree = load_yaml(config_file) if config_file and config_file.exists() else {}
+    keys = list(_flatten(Settings()))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in keys:
+        sources[key] = "default"
+        found, value = _get_dotted(file_tree, key)
+        if found:
+            _set_dotted(merged, key, value)
+            sources[key] = f"{CONFIG_FILE}"
+        if env_name(key) in env:
+            _set_dotted(merged, key, env[env_name(key)])
+            sources[key] = f"env {env_name(key)}"
+        if key in flags:
+            _set_dotted(merged, key, flags[key])
+            sources[key] = "flag"
+    # Sections in the file we do not know are an error (typos should not pass silently).
+    for section, value in file_tree.items():
+        if section not in Settings.model_fields:
+            raise ConfigError(
+                f"{config_file}: unknown section '{section}' "
+                f"(known: {', '.join(Settings.model_fields)})"
+            )
+        if isinstance(value, dict):
+            for sub in value:
+                if f"{section}.{sub}" not in keys and not any(
+                    k.startswith(f"{section}.{sub}.") for k in keys
+                ):
+                    raise ConfigError(f"{config_file}: unknown setting '{section}.{sub}'")
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    return ResolvedConfig(settings=settings, sources=sources, file=config_file)

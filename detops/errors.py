@@ -1,0 +1,112 @@
+"""Every error a detops user can meet.
+
+The tree, drawn once::
+
+    DetopsError
+    ├── WorkspaceError
+    │   └── WorkspaceNotFound           no detops.yaml from here upwards
+    ├── ConfigError                      detops.yaml or DETOPS_* value is invalid
+    ├── StoreError                       metadata or artifact store failure
+    │   ├── ArtifactNotFound  (KeyError)
+    │   └── ArtifactCorrupt              bytes on disk do not match their hash
+    ├── NotFound  (KeyError)
+    │   ├── DatasetNotFound
+    │   ├── RunNotFound
+    │   └── ModelNotFound
+    ├── InvalidReference  (ValueError)   "NAME@vN" / "NAME@ALIAS" that does not parse
+    ├── FormatError  (ValueError)        a file that cannot be read as COCO / YOLO / VOC / ...
+    ├── ValidationFailed                 ``data validate`` found errors
+    ├── ModelError                       a model or spec that cannot be used
+    │   ├── SpecMismatch  (ValueError)   spec does not fit the ONNX graph
+    │   └── ParityError                  exported ONNX disagrees with PyTorch
+    └── EvaluationError  (ValueError)    predictions that cannot be evaluated
+
+Messages name the thing and the fix, e.g.
+``labels/0003.txt line 4: class id 7 is not in data.yaml names (0..2)``.
+"""
+
+from __future__ import annotations
+
+
+class DetopsError(Exception):
+    """Base class of every detops error."""
+
+
+class WorkspaceError(DetopsError):
+    pass
+
+
+class WorkspaceNotFound(WorkspaceError):
+    pass
+
+
+class ConfigError(DetopsError):
+    pass
+
+
+class StoreError(DetopsError):
+    pass
+
+
+class ArtifactNotFound(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactCorrupt(StoreError):
+    pass
+
+
+class NotFound(DetopsError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetNotFound(NotFound):
+    pass
+
+
+class RunNotFound(NotFound):
+    pass
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class InvalidReference(DetopsError, ValueError):
+    pass
+
+
+class FormatError(DetopsError, ValueError):
+    """A file that cannot be read in the format it claims.
+
+    ``file`` and ``record`` say where; the message says what and, where possible, the fix.
+    """
+
+    def __init__(self, file: object, record: object | None, problem: str) -> None:
+        self.file = str(file)
+        self.record = None if record is None else str(record)
+        self.problem = problem
+        where = self.file if self.record is None else f"{self.file} [{self.record}]"
+        super().__init__(f"{where}: {problem}")
+
+
+class ValidationFailed(DetopsError):
+    pass
+
+
+class ModelError(DetopsError):
+    pass
+
+
+class SpecMismatch(ModelError, ValueError):
+    pass
+
+
+class ParityError(ModelError):
+    pass
+
+
+class EvaluationError(DetopsError, ValueError):
+    pass

@@ -1,0 +1,84 @@
+"""Tables of the metadata store and the versioned migrations that create them.
+
+Portable SQLAlchemy Core only (no SQLite-only types or statements), so that the same schema
+runs on PostgreSQL. A migration is appended, never edited: the store records the highest
+version applied and :func:`detops.store.db.migrate` applies the rest, in order, under a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# Hash / header cache for source files: a file whose path, size and mtime are unchanged is not
+# read again when it is re-added.
+file_cache = Table(
+    "file_cache",
+    metadata,
+    Column("path", String(1024), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String(16)),
+)
+
+dataset_versions = Table(
+    "dataset_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("manifest", String(64), nullable=False),  # artifact digest of the manifest JSON
+    Column("n_images", Integer, nullable=False),
+    Column("n_annotations", Integer, nullable=False),
+    Column("n_categories", Integer, nullable=False),
+    Column("source", Text),
+    Column("source_format", String(16)),
+    Column("loss_report", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("name", "version", name="uq_dataset_name_version"),
+    UniqueConstraint("name", "digest", name="uq_dataset_name_digest"),
+)
+
+# Reserved for later stages; created now so that the first migration is the whole data stage.
+key_values = Table(
+    "key_values",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", JSON),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _m1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[file_cache, dataset_versions, key_values])
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "data stage: file cache, dataset versions, key/values", _m1),
+]
