@@ -31,3 +31,40 @@ def open_workspace(workspace: str | None, flags: dict[str, Any] | None = None) -
     from detops.workspace import Workspace
 
     return Workspace.find(workspace, flags=flags)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr driven by ``callback(done, total)``; silent when not a TTY."""
+
+    def __init__(self, description: str, *, enabled: bool | None = None) -> None:
+        self.description = description
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ProgressBar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=None)
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

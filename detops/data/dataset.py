@@ -37,6 +37,7 @@ class ImageRecord:
     sha256: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     split: str | None = None
+    location: str | None = None  # where the bytes are, when not at root/file (artifact store)
 
 
 @dataclass(slots=True)
@@ -108,13 +109,13 @@ class Dataset:
 
     # -- building -------------------------------------------------------------------------
     def add_image(self, file: str, width: int, height: int, **kw: Any) -> ImageRecord:
-        img = ImageRecord(id=len(self.images), file=file, width=int(width), height=int(height), **kw)
+        img = ImageRecord(id=self.images[-1].id + 1 if self.images else 0, file=file, width=int(width), height=int(height), **kw)
         self.images.append(img)
         return img
 
     def add_annotation(self, image_id: int, box: Box, category_id: int, **kw: Any) -> Annotation:
         ann = Annotation(
-            id=len(self.annotations),
+            id=self.annotations[-1].id + 1 if self.annotations else 0,
             image_id=image_id,
             box=tuple(float(v) for v in box),  # type: ignore[arg-type]
             category_id=int(category_id),
@@ -142,6 +143,8 @@ class Dataset:
         return sorted({a.annotator for a in self.annotations if a.annotator is not None})
 
     def image_path(self, image: ImageRecord) -> Path:
+        if image.location is not None:
+            return Path(image.location)
         p = Path(image.file)
         if p.is_absolute() or self.root is None:
             return p
@@ -167,7 +170,7 @@ class Dataset:
         for img in keep:
             out.images.append(
                 ImageRecord(remap[img.id], img.file, img.width, img.height, img.sha256,
-                            dict(img.tags), img.split)
+                            dict(img.tags), img.split, img.location)
             )
         for a in self.annotations:
             if a.image_id in remap:

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+import threading
+
+import pytest
+from sqlalchemy import insert, select, text
+
+from detops.errors import StoreError
+from detops.store.db import MetadataStore, utcnow
+from detops.store.schema import MIGRATIONS, key_values
+
+
+def _open(url: str, barrier, out) -> None:  # runs in a child process
+    barrier.wait()
+    try:
+        store = MetadataStore(url)
+        out.put(("ok", store.version()))
+    except BaseException as exc:  # pragma: no cover - reported to the parent
+        out.put(("error", repr(exc)))
+
+
+def test_new_store_is_migrated_to_the_latest_version(tmp_path):
+    store = MetadataStore(f"sqlite:///{tmp_path / 'd.db'}")
+    assert store.version() == MIGRATIONS[-1][0]
+    assert store.migrate() == []  # nothing left to apply
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    store = MetadataStore(f"sqlite:///{tmp_path / 'd.db'}")
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_processes_opening_a_new_store_at_once_do_not_race(tmp_path):
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ctx = mp.get_context("spawn")
+    n = 4
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open, args=(url, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == [("ok", MIGRATIONS[-1][0])] * n
+    rows = sqlite3.connect(tmp_path / "race.db").execute(
+        "SELECT version FROM schema_version").fetchall()
+    assert sorted(r[0] for r in rows) == [m[0] for m in MIGRATIONS]  # each applied once
+
+
+def test_concurrent_writers_queue_instead_of_failing(tmp_path):
+    store = MetadataStore(f"sqlite:///{tmp_path / 'w.db'}")
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            for j in range(20):
+                with store.write() as conn:
+                    # read-then-write: deferred transactions would deadlock here
+                    conn.execute(select(key_values)).all()
+                    conn.execute(insert(key_values).values(key=f"{i}-{j}", value={"i": i},
+                                                           updated_at=utcnow()))
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM key_values")).scalar() == 80
+
+
+def test_failed_write_transaction_stores_nothing(tmp_path):
+    store = MetadataStore(f"sqlite:///{tmp_path / 't.db'}")
+    with pytest.raises(RuntimeError), store.write() as conn:
+        conn.execute(insert(key_values).values(key="k", value=1, updated_at=utcnow()))
+        raise RuntimeError("boom")
+    with store.read() as conn:
+        assert conn.execute(select(key_values)).all() == []
+
+
+def test_bad_url_is_a_store_error():
+    with pytest.raises(StoreError, match="cannot open metadata store"):
+        MetadataStore("nosuchdialect://x")
