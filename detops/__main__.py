@@ -1,0 +1,3 @@
+from detops.cli import main
+
+main()
