@@ -40,24 +40,29 @@ class AdapterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     output: str | None = Field(
-        None,
+        default=None,
         description="single-output adapters: the output to read "
         "(detops: 'detections'; yolo_*: the graph's first output)",
     )
-    boxes_output: str = Field("boxes", description="boxes_scores_labels: the boxes output")
-    scores_output: str = Field("scores", description="boxes_scores_labels: the scores output")
-    labels_output: str = Field("labels", description="boxes_scores_labels: the labels output")
+    boxes_output: str = Field(default="boxes", description="boxes_scores_labels: the boxes output")
+    scores_output: str = Field(
+        default="scores", description="boxes_scores_labels: the scores output"
+    )
+    labels_output: str = Field(
+        default="labels", description="boxes_scores_labels: the labels output"
+    )
     boxes_format: BoxFormat | None = Field(
-        None, description="box encoding; default cxcywh for yolo_v8/yolo_v5, xyxy otherwise"
+        default=None, description="box encoding; default cxcywh for yolo_v8/yolo_v5, xyxy otherwise"
     )
     normalized: bool = Field(
-        False, description="boxes are fractions of the input size rather than input pixels"
+        default=False, description="boxes are fractions of the input size rather than input pixels"
     )
     class_offset: int = Field(
-        0, description="subtracted from graph class ids (1 for 1-based labels with background=0)"
+        default=0,
+        description="subtracted from graph class ids (1 for 1-based labels with background=0)",
     )
     nms_in_graph: bool | None = Field(
-        None,
+        default=None,
         description="the graph already ran NMS; default true for yolo_nms and "
         "boxes_scores_labels, false otherwise",
     )
@@ -74,11 +79,12 @@ class ModelSpec(BaseModel):
     resize: Literal["stretch", "letterbox"] = "letterbox"
     pad_value: int = Field(114, ge=0, le=255, description="letterbox padding, in 0..255 pixels")
     scale: float = Field(1 / 255, gt=0, description="pixels are multiplied by this first")
+    # per channel of the NETWORK input, in channel_order (so B, G, R when "bgr")
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     channel_order: Literal["rgb", "bgr"] = "rgb"
     layout: Literal["nchw"] = "nchw"
-    input_name: str | None = Field(None, description="default: the graph's first input")
+    input_name: str | None = Field(default=None, description="default: the graph's first input")
     adapter: AdapterName = "detops"
     adapter_options: AdapterOptions = AdapterOptions()
     score_threshold: float = Field(0.25, ge=0, le=1)
@@ -113,7 +119,9 @@ class ModelSpec(BaseModel):
         except yaml.YAMLError as e:
             raise ModelError(f"{source}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
-            raise ModelError(f"{source}: expected a mapping of spec fields, got {type(data).__name__}")
+            raise ModelError(
+                f"{source}: expected a mapping of spec fields, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -221,9 +229,7 @@ def _from_value_info(v: Any) -> TensorInfo:
     from onnx import helper
 
     t = v.type.tensor_type
-    shape = tuple(
-        d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
-    )
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
     np_name = helper.tensor_dtype_to_np_dtype(t.elem_type).name
     dtype = {"float32": "float", "float64": "double"}.get(np_name, np_name)
     return TensorInfo(v.name, shape, f"tensor({dtype})")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    Float,
     Integer,
     MetaData,
     String,
@@ -75,10 +76,72 @@ key_values = Table(
 )
 
 
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | finished | failed
+    Column("dataset", String(220)),  # NAME@vN
+    Column("dataset_digest", String(64)),
+    Column("params", JSON, nullable=False),
+    Column("code", JSON, nullable=False),  # git sha, dirty flag, package version
+    Column("environment", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),  # list of per-epoch dicts
+    Column("evaluation", JSON),  # final evaluation
+    Column("artifacts", JSON, nullable=False),  # role -> artifact digest
+    Column("error", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("duration_s", Float),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("onnx", String(64), nullable=False),  # artifact digest of the ONNX graph
+    Column("spec", JSON, nullable=False),
+    Column("run_id", String(32)),
+    Column("lineage", JSON, nullable=False),
+    Column("evaluation", JSON),
+    Column("description", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("name", "version", name="uq_model_name_version"),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+alias_events = Table(
+    "alias_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("from_version", Integer),
+    Column("to_version", Integer, nullable=False),
+    Column("actor", String(200)),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+
 def _m1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[file_cache, dataset_versions, key_values])
 
 
+def _m2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[runs, model_versions, model_aliases, alias_events])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "data stage: file cache, dataset versions, key/values", _m1),
+    (2, "modelling stage: runs, model versions, aliases and their history", _m2),
 ]

@@ -42,7 +42,7 @@ def fmt_float(v: float) -> str:
 
 
 def as_int(value: Any, file: object, record: object, what: str) -> int:
-    """An integer field; integral floats (``640.0``) are accepted, anything else is a FormatError."""
+    """An integer field; integral floats (``640.0``) pass, anything else is a FormatError."""
     if isinstance(value, bool):
         raise FormatError(file, record, f"{what} must be an integer, got {value!r}")
     if isinstance(value, int):

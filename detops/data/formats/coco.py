@@ -39,9 +39,10 @@ def load_coco(
 ) -> Dataset:
     """Read a COCO detection file (or a folder holding ``annotations.json``).
 
-    ``images_root`` defaults to the ``images/`` folder beside the file if there is one, else the
-    file's folder. Unknown category ids raise with ``strict=True``; with ``strict=False`` the
-    annotation is kept with ``category_id=-1`` and the loss report says so.
+    ``images_root`` defaults to the ``images/`` folder beside the file or the file's folder,
+    whichever holds the first image (``images/`` if neither does and it exists). Unknown
+    category ids raise with ``strict=True``; with ``strict=False`` the annotation is kept with
+    ``category_id=-1`` and the loss report says so.
 
     >>> load_coco("no/such/file.json")
     Traceback (most recent call last):
@@ -51,9 +52,7 @@ def load_coco(
     if path.is_dir():
         path = path / "annotations.json"
     data = _read_json(path)
-    if images_root is None:
-        images_root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    ds = Dataset(root=Path(images_root))
+    ds = Dataset(root=Path(images_root) if images_root is not None else _default_root(path, data))
     tally = FieldTally()
     for key in data:
         if key not in _TOP:
@@ -61,6 +60,12 @@ def load_coco(
     for key in ("info", "licenses"):
         if key in data:
             ds.info[key] = data[key]
+    if isinstance(ds.info.get("info"), dict) and "detops" in ds.info["info"]:
+        info = dict(ds.info["info"])
+        extra = info.pop("detops")
+        ds.info["info"] = info
+        if isinstance(extra, dict):
+            ds.info.update({k: v for k, v in extra.items() if k not in ("info", "licenses")})
 
     cat_index = _read_categories(ds, path, _list(data, "categories", path), tally)
     _read_images(ds, path, _list(data, "images", path), tally)
@@ -73,8 +78,9 @@ def load_coco(
 def save_coco(ds: Dataset, out_dir: str | Path, *, copy_images: bool = True) -> Path:
     """Write ``out_dir/annotations.json`` and, with ``copy_images``, ``out_dir/images/...``.
 
-    Without ``copy_images`` each ``file_name`` is the absolute path of the original file.
-    Returns the path of the JSON file.
+    Without ``copy_images`` each ``file_name`` points at the original file: relative to
+    ``out_dir`` when it lies inside, else absolute. Keys of ``ds.info`` other than ``info`` and
+    ``licenses`` are kept under ``info["detops"]``. Returns the path of the JSON file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +90,7 @@ def save_coco(ds: Dataset, out_dir: str | Path, *, copy_images: bool = True) -> 
         check_unique(targets, out / "images", "file")
         place_images(ds, targets, out / "images", copy=True)
     else:
-        targets = {img.id: PurePosixPath(ds.image_path(img).absolute().as_posix())
-                   for img in ds.images}
+        targets = {img.id: _path_from(out, ds.image_path(img)) for img in ds.images}
     images = []
     for img in ds.images:
         rec: dict[str, Any] = {"id": img.id, "file_name": targets[img.id].as_posix(),
@@ -114,11 +119,23 @@ def save_coco(ds: Dataset, out_dir: str | Path, *, copy_images: bool = True) -> 
         if c.supercategory is not None:
             crec["supercategory"] = c.supercategory
         categories.append(crec)
-    doc = {"info": ds.info.get("info", {}), "licenses": ds.info.get("licenses", []),
+    info = dict(ds.info.get("info", {}))
+    extra = {k: v for k, v in ds.info.items() if k not in ("info", "licenses")}
+    if extra:  # the rest of Dataset.info travels inside COCO's free-form info object
+        info["detops"] = extra
+    doc = {"info": info, "licenses": ds.info.get("licenses", []),
            "images": images, "annotations": annotations, "categories": categories}
     path = out / "annotations.json"
     path.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _path_from(out: Path, image: Path) -> PurePosixPath:
+    """The image's path relative to ``out`` if it lies inside, else absolute."""
+    absolute = image.absolute()
+    if absolute.is_relative_to(out.absolute()):
+        return PurePosixPath(absolute.relative_to(out.absolute()).as_posix())
+    return PurePosixPath(absolute.as_posix())
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -137,6 +154,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FormatError(path, None, f"top level must be an object, got {type(data).__name__}")
     return data
+
+
+def _default_root(path: Path, data: dict[str, Any]) -> Path:
+    """``images/`` beside the file, or the file's folder: whichever holds the first image."""
+    candidates = [path.parent / "images", path.parent]
+    images = data.get("images")
+    first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(
+        images[0], dict) else None
+    if isinstance(first, str) and first:
+        for root in candidates:
+            if (root / first).is_file():
+                return root
+    return candidates[0] if candidates[0].is_dir() else candidates[1]
 
 
 def _list(data: dict[str, Any], key: str, path: Path) -> list[Any]:

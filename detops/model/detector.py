@@ -1,0 +1,367 @@
+"""The default detector: a small anchor-free, stride-4 centre-point network (TTFNet-style).
+
+Heavy module (imports torch): only training and export import it; serving reads the ONNX graph.
+
+Architecture: a depthwise-separable backbone down to stride 32, an FPN-like top-down path back
+to stride 4, and two heads on the stride-4 map:
+
+- ``heat`` (``num_classes`` channels): logits of a per-class centre heatmap (sigmoid; bias
+  initialised to -2.19 so every cell starts at p=0.1);
+- ``ltrb`` (4 channels): distances from the cell's point ``((x + .5) * stride, (y + .5) *
+  stride)`` to the box's left, top, right and bottom edges, in input pixels
+  (``relu(conv) * ltrb_scale``).
+
+Targets (:func:`build_targets`): each box puts an elliptical Gaussian (sigma = ``alpha`` * box
+size / 6) on its class channel, peaked at the cell ``floor(centre / stride)``; regression is
+supervised on the cells inside the box shrunk by ``beta`` around that peak, weighted by the
+Gaussian and normalised per box (times ``log(area)``), with a GIoU loss. A cell claimed by two
+boxes regresses the smaller one.
+
+Decoding (:func:`decode`), identical in training-time validation and inside the exported ONNX
+graph: 3x3 max-pool peak extraction on the sigmoid heatmap, top-K over classes x positions,
+gather ltrb at the peaks, turn into ``xyxy`` input pixels: ``[B, K, 6] = (x1, y1, x2, y2,
+score, class)`` with ``class`` a float.
+
+>>> import torch
+>>> model = Detector(DetectorConfig(num_classes=3))
+>>> heat, ltrb = model(torch.zeros(1, 3, 64, 64))
+>>> tuple(heat.shape), tuple(ltrb.shape)
+((1, 3, 16, 16), (1, 4, 16, 16))
+>>> tuple(DetectorGraph(model, top_k=10)(torch.zeros(2, 3, 64, 64)).shape)
+(2, 10, 6)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Detector",
+    "DetectorConfig",
+    "DetectorGraph",
+    "Targets",
+    "build_targets",
+    "decode",
+    "detector_loss",
+    "spec_dict",
+]
+
+# Pixel preparation shared with the runtime spec: (pixel / 255 - MEAN) / STD, RGB.
+MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+STD: tuple[float, float, float] = (0.25, 0.25, 0.25)
+HEAT_BIAS = -2.19  # sigmoid(-2.19) ~= 0.1: focal-loss prior
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Shape of the network; everything needed to rebuild it from a checkpoint."""
+
+    num_classes: int
+    widths: tuple[int, ...] = (24, 48, 80, 128)  # stride 4, 8, 16, 32 backbone channels
+    depths: tuple[int, ...] = (1, 2, 2, 2)  # extra stride-1 blocks per stage
+    stem: int = 16
+    neck: int = 48  # FPN channels
+    head: int = 48
+    ltrb_scale: float = 16.0  # pixels per unit of the ltrb head (TTFNet wh_offset_base)
+    stride: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
+        d = dict(d)
+        for k in ("widths", "depths"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _cbr(cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DWBlock(nn.Module):
+    """Depthwise 3x3 (stride s) + pointwise 1x1, each with BN + ReLU; residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.dw = _cbr(cin, cin, 3, stride, groups=cin)
+        self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pw(self.dw(x))
+        return F.relu(y + x if self.residual else y)
+
+
+class Detector(nn.Module):
+    """Backbone + FPN + heads; ``forward`` returns ``(heat_logits, ltrb_pixels)`` at stride 4."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        if config.stride != 4:
+            raise ValueError("Detector: only stride 4 is implemented")
+        self.config = config
+        c = config
+        self.stem = _cbr(3, c.stem, 3, 2)  # stride 2
+        stages = []
+        cin = c.stem
+        for w, d in zip(c.widths, c.depths, strict=True):
+            blocks = [DWBlock(cin, w, 2)] + [DWBlock(w, w) for _ in range(d)]
+            stages.append(nn.Sequential(*blocks))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.lateral = nn.ModuleList(_cbr(w, c.neck) for w in c.widths)
+        self.smooth = nn.ModuleList(DWBlock(c.neck, c.neck) for _ in c.widths[:-1])
+        self.heat_trunk = DWBlock(c.neck, c.head) if c.neck == c.head else _cbr(c.neck, c.head)
+        self.ltrb_trunk = DWBlock(c.neck, c.head) if c.neck == c.head else _cbr(c.neck, c.head)
+        self.heat = nn.Conv2d(c.head, c.num_classes, 1)
+        self.ltrb = nn.Conv2d(c.head, 4, 1)
+        self._init()
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.heat.weight, std=0.01)
+        nn.init.constant_(self.heat.bias, HEAT_BIAS)
+        nn.init.normal_(self.ltrb.weight, std=0.01)
+        nn.init.constant_(self.ltrb.bias, 1.0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        y = self.lateral[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.lateral[i](feats[i])
+            y = self.smooth[i](y)
+        heat = self.heat(self.heat_trunk(y))
+        ltrb = F.relu(self.ltrb(self.ltrb_trunk(y))) * self.config.ltrb_scale
+        return heat, ltrb
+
+
+def decode(heat_logits: Tensor, ltrb: Tensor, stride: int, top_k: int = 100) -> Tensor:
+    """Top-K detections ``[B, K, 6] = (x1, y1, x2, y2, score, class)`` in input pixels.
+
+    The same function runs in validation and is traced into the ONNX graph, so the two agree.
+    """
+    b, nc, h, w = heat_logits.shape
+    heat = torch.sigmoid(heat_logits.float())
+    peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
+    heat = heat * (peaks == heat).to(heat.dtype)
+    k = min(top_k, nc * h * w)
+    scores, idx = torch.topk(heat.reshape(b, nc * h * w), k, dim=1)
+    cls = torch.div(idx, h * w, rounding_mode="floor")
+    pos = idx - cls * (h * w)
+    ys = torch.div(pos, w, rounding_mode="floor")
+    xs = pos - ys * w
+    d = torch.gather(ltrb.float().reshape(b, 4, h * w), 2, pos.unsqueeze(1).expand(b, 4, k))
+    px = (xs.to(heat.dtype) + 0.5) * stride
+    py = (ys.to(heat.dtype) + 0.5) * stride
+    boxes = torch.stack([px - d[:, 0], py - d[:, 1], px + d[:, 2], py + d[:, 3]], dim=2)
+    return torch.cat([boxes, scores.unsqueeze(2), cls.to(heat.dtype).unsqueeze(2)], dim=2)
+
+
+class DetectorGraph(nn.Module):
+    """What gets exported: normalised images ``[B, 3, H, W]`` -> ``detections [B, K, 6]``."""
+
+    def __init__(self, model: Detector, top_k: int = 100) -> None:
+        super().__init__()
+        self.model = model
+        self.top_k = top_k
+
+    def forward(self, images: Tensor) -> Tensor:
+        heat, ltrb = self.model(images)
+        return decode(heat, ltrb, self.model.config.stride, self.top_k)
+
+
+# -- targets and loss ---------------------------------------------------------------------------
+
+
+@dataclass
+class Targets:
+    """Dense training targets for a batch on the stride-4 grid."""
+
+    heat: Tensor  # [B, nc, H, W] Gaussian peaks in 0..1 (exactly 1 at each box's centre cell)
+    boxes: Tensor  # [B, 4, H, W] xyxy input pixels of the box each cell regresses
+    weight: Tensor  # [B, H, W] regression weight (0 where no box)
+    num_boxes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_targets(
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    num_classes: int,
+    size: tuple[int, int],
+    stride: int = 4,
+    alpha: float = 0.54,
+    beta: float = 0.54,
+) -> Targets:
+    """Heatmap / box / weight targets for images of ``size = (H, W)`` input pixels.
+
+    ``boxes[i]`` is ``[M, 4]`` xyxy input pixels, ``labels[i]`` ``[M]`` class ids.
+    """
+    hin, win = size
+    h, w = hin // stride, win // stride
+    bsz = len(boxes)
+    heat = torch.zeros(bsz, num_classes, h, w)
+    tboxes = torch.zeros(bsz, 4, h, w)
+    weight = torch.zeros(bsz, h, w)
+    gy = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    gx = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    n_total = 0
+    for i, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
+        if bx.numel() == 0:
+            continue
+        bx = bx.float()
+        lb = lb.long()
+        bw = (bx[:, 2] - bx[:, 0]).clamp(min=1.0)
+        bh = (bx[:, 3] - bx[:, 1]).clamp(min=1.0)
+        m = bx.shape[0]
+        n_total += m
+        # peak cell = floor(centre / stride), clamped into the grid
+        cx = ((bx[:, 0] + bx[:, 2]) / 2 / stride).floor().clamp(0, w - 1).view(m, 1, 1)
+        cy = ((bx[:, 1] + bx[:, 3]) / 2 / stride).floor().clamp(0, h - 1).view(m, 1, 1)
+        fw, fh = (bw / stride).view(m, 1, 1), (bh / stride).view(m, 1, 1)
+        sx, sy = (alpha * fw / 6).clamp(min=0.25), (alpha * fh / 6).clamp(min=0.25)
+        g = torch.exp(-((gx - cx) ** 2) / (2 * sx**2) - ((gy - cy) ** 2) / (2 * sy**2))  # [M,h,w]
+        for c in lb.unique().tolist():
+            sel = lb == c
+            heat[i, c] = torch.maximum(heat[i, c], g[sel].amax(0))
+        # regression region: the box shrunk by beta around the peak; Gaussian with beta
+        rx, ry = beta * fw / 2, beta * fh / 2
+        inside = ((gx - cx).abs() <= rx) & ((gy - cy).abs() <= ry)
+        inside |= (gx == cx) & (gy == cy)  # the peak cell always regresses its box
+        sxr, syr = (beta * fw / 6).clamp(min=0.25), (beta * fh / 6).clamp(min=0.25)
+        gr = torch.exp(-((gx - cx) ** 2) / (2 * sxr**2) - ((gy - cy) ** 2) / (2 * syr**2))
+        gr = gr * inside
+        area = (bw * bh).view(m, 1, 1)
+        # a cell claimed by several boxes regresses the smallest
+        owner = torch.where(inside, area, torch.full_like(area, math.inf).expand(m, h, w)).argmin(0)
+        claimed = inside.any(0)
+        own = torch.zeros(m, h, w, dtype=torch.bool)
+        own.scatter_(0, owner.unsqueeze(0), True)
+        own &= inside & claimed.unsqueeze(0)
+        gr = gr * own
+        norm = gr.sum((1, 2), keepdim=True).clamp(min=1e-6)
+        wbox = gr / norm * torch.log(area.clamp(min=2.0))
+        weight[i] = wbox.sum(0)
+        tboxes[i] = bx[owner].permute(2, 0, 1) * claimed.unsqueeze(0)
+    return Targets(heat=heat, boxes=tboxes, weight=weight, num_boxes=n_total)
+
+
+def focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
+    """CornerNet's penalty-reduced focal loss, summed (divide by the number of boxes)."""
+    logits = logits.float()
+    pos = target.eq(1.0)
+    logp = F.logsigmoid(logits)
+    log1mp = F.logsigmoid(-logits)
+    p = logp.exp()
+    pos_loss = -((1 - p) ** alpha) * logp * pos
+    neg_loss = -((1 - target) ** beta) * (p**alpha) * log1mp * (~pos)
+    return pos_loss.sum() + neg_loss.sum()
+
+
+def ltrb_to_boxes(ltrb: Tensor, stride: int) -> Tensor:
+    """``[B, 4, H, W]`` distances -> ``[B, 4, H, W]`` xyxy boxes around each cell's point."""
+    _, _, h, w = ltrb.shape
+    py = (torch.arange(h, dtype=ltrb.dtype, device=ltrb.device).view(1, h, 1) + 0.5) * stride
+    px = (torch.arange(w, dtype=ltrb.dtype, device=ltrb.device).view(1, 1, w) + 0.5) * stride
+    return torch.stack(
+        [px - ltrb[:, 0], py - ltrb[:, 1], px + ltrb[:, 2], py + ltrb[:, 3]], dim=1
+    )
+
+
+def boxes_to_ltrb(boxes: Tensor, stride: int) -> Tensor:
+    """Inverse of :func:`ltrb_to_boxes` (distances may be negative outside the box)."""
+    _, _, h, w = boxes.shape
+    py = (torch.arange(h, dtype=boxes.dtype).view(1, h, 1) + 0.5) * stride
+    px = (torch.arange(w, dtype=boxes.dtype).view(1, 1, w) + 0.5) * stride
+    return torch.stack(
+        [px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px, boxes[:, 3] - py], dim=1
+    )
+
+
+def giou_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """1 - GIoU for ``[N, 4]`` xyxy boxes."""
+    px1, py1, px2, py2 = pred.unbind(1)
+    tx1, ty1, tx2, ty2 = target.unbind(1)
+    pa = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)
+    ta = (tx2 - tx1).clamp(min=0) * (ty2 - ty1).clamp(min=0)
+    iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
+    ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
+    inter = iw * ih
+    union = pa + ta - inter + 1e-6
+    cw = torch.maximum(px2, tx2) - torch.minimum(px1, tx1)
+    ch = torch.maximum(py2, ty2) - torch.minimum(py1, ty1)
+    enclose = cw * ch + 1e-6
+    return 1 - (inter / union - (enclose - union) / enclose)
+
+
+def detector_loss(
+    heat_logits: Tensor, ltrb: Tensor, targets: Targets, stride: int = 4, box_weight: float = 5.0
+) -> tuple[Tensor, dict[str, float]]:
+    """Focal heatmap loss / number of boxes + ``box_weight`` x Gaussian-weighted GIoU."""
+    n = max(targets.num_boxes, 1)
+    hm = focal_loss(heat_logits, targets.heat) / n
+    mask = targets.weight > 0
+    if mask.any():
+        pred = ltrb_to_boxes(ltrb.float(), stride).permute(0, 2, 3, 1)[mask]
+        tgt = targets.boxes.permute(0, 2, 3, 1)[mask]
+        wts = targets.weight[mask]
+        box = (giou_loss(pred, tgt) * wts).sum() / (wts.sum() + 1e-4)
+    else:
+        box = ltrb.sum() * 0.0
+    total = hm + box_weight * box
+    return total, {"heat": float(hm.detach()), "box": float(box.detach())}
+
+
+# -- spec ---------------------------------------------------------------------------------------
+
+
+def spec_dict(
+    class_names: Sequence[str],
+    *,
+    imgsz: int = 320,
+    score_threshold: float = 0.3,
+    nms_iou: float = 0.5,
+    max_detections: int = 100,
+) -> dict[str, Any]:
+    """The runtime :class:`~detops.model.spec.ModelSpec` fields for an exported detector."""
+    return {
+        "class_names": list(class_names),
+        "input_width": imgsz,
+        "input_height": imgsz,
+        "resize": "stretch",
+        "scale": 1 / 255,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "channel_order": "rgb",
+        "adapter": "detops",
+        "adapter_options": {"output": "detections"},
+        "score_threshold": score_threshold,
+        "nms_iou": nms_iou,
+        "max_detections": max_detections,
+    }
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

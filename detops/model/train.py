@@ -1,0 +1,503 @@
+"""Training loop for the default detector, as a library function (the CLI draws progress).
+
+Heavy module (imports torch). ``train(train_ds, val_ds, config, out_dir=...)`` decodes every
+image once into one uint8 tensor in memory, trains with AdamW + warmup + cosine LR under bf16
+autocast (when the CPU supports it), validates with the exact decode the ONNX graph runs and
+COCO-evaluates it (:func:`detops.evaluate.evaluate_coco`), writes ``last.pt`` every epoch and
+``best.pt`` on the best validation AP, and can resume exactly from ``last.pt``.
+
+Annotators: a dataset may carry several annotators' boxes for the same objects. Training and
+validation use ONE of them: ``TrainConfig.annotator``, by default the first name in
+alphabetical order (``Dataset.annotators``); annotations without an annotator are used when the
+dataset has no annotator names at all.
+
+Reproducibility on CPU: the model init comes from ``torch.manual_seed(seed)``; epoch ``e``'s
+data order and augmentations from ``SeedSequence([seed, e])``, so a run resumed from
+``last.pt`` at an epoch boundary sees exactly the data an uninterrupted run sees. CPU kernels
+used here are deterministic for a fixed thread count; different ``torch.get_num_threads()``
+values may change the last bits of reductions.
+
+Time budget: with ``time_budget_s`` the number of epochs is re-planned after each epoch to what
+fits (the cosine schedule is stretched over the planned epochs, and the plan is stored in the
+checkpoint), and training stops when the budget is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from detops.data.dataset import Dataset
+from detops.errors import ConfigError
+from detops.model.detector import (
+    MEAN,
+    STD,
+    Detector,
+    DetectorConfig,
+    build_targets,
+    decode,
+    detector_loss,
+)
+
+__all__ = ["EpochMetrics", "TrainConfig", "TrainResult", "evaluate_model", "load_images", "train"]
+
+ProgressFn = Callable[[int, int, int, float, float], None]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the recipe measured in ``bench/train_bench.py``."""
+
+    epochs: int = 60
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    batch: int = 32
+    imgsz: int = 320
+    seed: int = 0
+    workers: int = 0  # torch threads; 0 = os.cpu_count()
+    time_budget_s: float | None = None
+    patience: int | None = None  # stop after this many evaluations without a better val AP
+    amp: Literal["auto", "bf16", "fp32"] = "auto"
+    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    annotator: str | None = None
+    warmup_steps: int = 100
+    box_weight: float = 5.0
+    # augmentation
+    hflip: float = 0.5
+    brightness: float = 0.12  # +- fraction of full range
+    contrast: float = 0.2  # +- fraction
+    scale_jitter: float = 0.15  # +- fraction
+    translate: float = 0.08  # +- fraction of the image size
+    # model shape
+    model: dict[str, Any] = field(default_factory=dict)  # DetectorConfig overrides
+    eval_score_threshold: float = 0.01
+    nms_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1 or self.imgsz % 32 != 0:
+            raise ConfigError(
+                f"TrainConfig: need epochs >= 1, batch >= 1 and imgsz a multiple of 32 "
+                f"(got epochs={self.epochs}, batch={self.batch}, imgsz={self.imgsz})"
+            )
+        if self.amp not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"TrainConfig: amp={self.amp!r}; use 'auto', 'bf16' or 'fp32'")
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    loss: float
+    lr: float
+    seconds: float
+    ap: float | None = None  # val mAP@[.5:.95]
+    ap50: float | None = None
+
+
+@dataclass
+class TrainResult:
+    epochs: list[EpochMetrics]
+    best_path: Path
+    last_path: Path
+    best_ap: float
+    best_epoch: int
+    stopped: str  # "epochs", "time_budget", "patience"
+    amp: str
+    class_names: list[str]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["best_path"], d["last_path"] = str(self.best_path), str(self.last_path)
+        return d
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def _pick_annotator(ds: Dataset, name: str | None) -> str | None:
+    names = ds.annotators
+    if name is not None:
+        if name not in names:
+            raise ConfigError(f"annotator {name!r} is not in the dataset (has {names or 'none'})")
+        return name
+    return names[0] if names else None
+
+
+@dataclass
+class _Images:
+    pixels: torch.Tensor  # [N, 3, S, S] uint8
+    boxes: list[torch.Tensor]  # [M, 4] float32 xyxy, network-input pixels
+    labels: list[torch.Tensor]  # [M] int64
+    scale: np.ndarray  # [N, 2] original / input (x, y)
+
+
+def load_images(ds: Dataset, imgsz: int, annotator: str | None, threads: int = 2) -> _Images:
+    """Decode every image once (stretch-resized to ``imgsz``) with its boxes in input pixels."""
+    by_image = ds.annotations_by_image()
+
+    def one(i: int) -> np.ndarray:
+        rec = ds.images[i]
+        with Image.open(ds.image_path(rec)) as im:
+            im = im.convert("RGB")
+            if im.size != (imgsz, imgsz):
+                im = im.resize((imgsz, imgsz), Image.BILINEAR)
+            return np.array(im)
+
+    pixels = torch.empty(len(ds.images), 3, imgsz, imgsz, dtype=torch.uint8)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for i, arr in enumerate(pool.map(one, range(len(ds.images)))):
+            pixels[i] = torch.from_numpy(arr).permute(2, 0, 1)
+    boxes, labels, scales = [], [], []
+    for rec in ds.images:
+        sx, sy = imgsz / rec.width, imgsz / rec.height
+        anns = [
+            a for a in by_image.get(rec.id, [])
+            if a.annotator == annotator and not a.iscrowd
+        ]
+        b = torch.tensor([a.box for a in anns], dtype=torch.float32).reshape(-1, 4)
+        b *= torch.tensor([sx, sy, sx, sy])
+        boxes.append(b)
+        labels.append(torch.tensor([a.category_id for a in anns], dtype=torch.int64))
+        scales.append((1 / sx, 1 / sy))
+    return _Images(pixels, boxes, labels, np.asarray(scales, np.float64).reshape(-1, 2))
+
+
+_MEAN = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+_STD = torch.tensor(STD).view(1, 3, 1, 1) * 255
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> the network input ``(p / 255 - mean) / std``."""
+    return (pixels.float() - _MEAN) / _STD
+
+
+def _augment(
+    pixels: torch.Tensor,
+    boxes: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    cfg: TrainConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Flip + scale/translate (one affine per image) and brightness/contrast jitter."""
+    b, _, h, w = pixels.shape
+    x = pixels.float() / 255.0
+    u = torch.rand(b, 6, generator=gen)
+    flip = torch.where(u[:, 0] < cfg.hflip, -1.0, 1.0)
+    s = 1.0 + (2 * u[:, 1] - 1) * cfg.scale_jitter
+    dx = (2 * u[:, 2] - 1) * cfg.translate * 2  # normalised coords span 2
+    dy = (2 * u[:, 3] - 1) * cfg.translate * 2
+    # forward map (normalised, align_corners=False): u_out = s * f * u_in + d
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = 1 / (s * flip)
+    theta[:, 0, 2] = -dx / (s * flip)
+    theta[:, 1, 1] = 1 / s
+    theta[:, 1, 2] = -dy / s
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    bright = (2 * u[:, 4] - 1) * cfg.brightness
+    contrast = 1.0 + (2 * u[:, 5] - 1) * cfg.contrast
+    m = x.mean((1, 2, 3), keepdim=True)
+    x = ((x - m) * contrast.view(b, 1, 1, 1) + m + bright.view(b, 1, 1, 1)).clamp(0, 1)
+    x = (x - _MEAN / 255) / (_STD / 255)
+    out_b, out_l = [], []
+    for i in range(b):
+        bx = boxes[i]
+        if bx.numel() == 0:
+            out_b.append(bx)
+            out_l.append(labels[i])
+            continue
+        sf = float(s[i] * flip[i])
+        xs = (bx[:, [0, 2]] * 2 / w - 1) * sf + float(dx[i])
+        ys = (bx[:, [1, 3]] * 2 / h - 1) * float(s[i]) + float(dy[i])
+        xs = (xs + 1) * w / 2
+        ys = (ys + 1) * h / 2
+        x1, x2 = xs.min(1).values, xs.max(1).values
+        y1, y2 = ys[:, 0], ys[:, 1]
+        full = (x2 - x1) * (y2 - y1)
+        cx1, cy1, cx2, cy2 = x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)
+        kept = (cx2 - cx1) * (cy2 - cy1)
+        ok = (kept >= 0.5 * full) & (cx2 - cx1 >= 2) & (cy2 - cy1 >= 2)
+        out_b.append(torch.stack([cx1, cy1, cx2, cy2], 1)[ok])
+        out_l.append(labels[i][ok])
+    return x, out_b, out_l
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def _gt_dict(ds: Dataset, annotator: str | None) -> dict[str, Any]:
+    anns = []
+    for a in ds.annotations:
+        if a.annotator != annotator:
+            continue
+        x1, y1, x2, y2 = a.box
+        anns.append({
+            "id": len(anns) + 1, "image_id": a.image_id, "category_id": a.category_id,
+            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+            "iscrowd": int(a.iscrowd),
+        })
+    return {
+        "images": [{"id": r.id, "width": r.width, "height": r.height} for r in ds.images],
+        "annotations": anns,
+        "categories": [{"id": c.id, "name": c.name} for c in ds.categories],
+    }
+
+
+def postprocess(
+    dets: np.ndarray, score_threshold: float, nms_iou: float, max_detections: int = 100
+) -> np.ndarray:
+    """One image's ``[K, 6]`` graph rows -> kept rows (score threshold + per-class NMS)."""
+    from detops.model.nms import nms
+
+    rows = dets[dets[:, 4] >= score_threshold]
+    keep = nms(rows[:, :4], rows[:, 4], nms_iou, labels=rows[:, 5].astype(np.int64),
+               max_output=max_detections)
+    return rows[keep]
+
+
+@torch.no_grad()
+def predict_rows(
+    model: Detector, pixels: torch.Tensor, *, batch: int = 32, amp: bool = False
+) -> np.ndarray:
+    """Graph-equivalent ``[N, K, 6]`` detections for uint8 images ``[N, 3, S, S]``."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, pixels.shape[0], batch):
+        x = normalize(pixels[i:i + batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            heat, ltrb = model(x)
+        out.append(decode(heat.float(), ltrb.float(), model.config.stride).numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 100, 6), np.float32)
+
+
+def evaluate_model(
+    model: Detector,
+    ds: Dataset,
+    images: _Images | None = None,
+    *,
+    annotator: str | None = None,
+    imgsz: int = 320,
+    amp: bool = False,
+    score_threshold: float = 0.01,
+    nms_iou: float = 0.5,
+) -> dict[str, float]:
+    """COCO stats (``AP``, ``AP50``, ...) of ``model`` on ``ds`` with the graph's decode + NMS."""
+    from detops.evaluate import evaluate_coco
+
+    if images is None:
+        images = load_images(ds, imgsz, annotator)
+    rows = predict_rows(model, images.pixels, amp=amp)
+    preds = []
+    for i, rec in enumerate(ds.images):
+        kept = postprocess(rows[i], score_threshold, nms_iou)
+        sx, sy = images.scale[i]
+        for x1, y1, x2, y2, score, cls in kept.tolist():
+            preds.append({
+                "image_id": rec.id, "category_id": int(cls), "score": float(score),
+                "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
+            })
+    return dict(evaluate_coco(_gt_dict(ds, annotator), preds).stats)
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 autocast on this CPU runs (and is worth it: AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Detector, dict[str, Any]]:
+    """Rebuild the model of a checkpoint written by :func:`train` (our own files only)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = Detector(DetectorConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def train(
+    train_ds: Dataset,
+    val_ds: Dataset,
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | os.PathLike[str],
+    progress: ProgressFn | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the default detector; see the module docstring for annotators, seeds and budget.
+
+    ``progress(epoch, step, total_steps, loss, eta_seconds)`` is called after every step.
+    """
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.workers or os.cpu_count() or 1)
+    if train_ds.category_names != val_ds.category_names:
+        raise ConfigError(
+            f"train classes {train_ds.category_names} differ from val classes "
+            f"{val_ds.category_names}; use one category list for both splits"
+        )
+    annotator = _pick_annotator(train_ds, cfg.annotator)
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and bf16_supported())
+    nc = len(train_ds.categories)
+    model_cfg = DetectorConfig(num_classes=nc, **cfg.model)
+
+    torch.manual_seed(cfg.seed)
+    model = Detector(model_cfg)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, foreach=True,
+    )
+
+    tr = load_images(train_ds, cfg.imgsz, annotator)
+    va = load_images(val_ds, cfg.imgsz, annotator)
+    n = tr.pixels.shape[0]
+    steps_per_epoch = max(1, n // cfg.batch)  # drop the last partial batch (BN, speed)
+
+    history: list[EpochMetrics] = []
+    planned = cfg.epochs
+    start_epoch, step = 0, 0
+    best_ap, best_epoch, since_best, elapsed0 = -1.0, -1, 0, 0.0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched = state["scheduler"]
+        planned, step = sched["planned_epochs"], sched["step"]
+        start_epoch = state["epoch"] + 1
+        history = [EpochMetrics(**m) for m in state["history"]]
+        best_ap, best_epoch, since_best = state["best_ap"], state["best_epoch"], state["since_best"]
+        elapsed0 = state["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+    t_start = time.monotonic() - elapsed0
+    stopped = "epochs"
+    epoch = start_epoch
+    while epoch < planned:
+        t_epoch = time.monotonic()
+        ss = np.random.SeedSequence([cfg.seed, epoch])
+        order = np.random.Generator(np.random.PCG64(ss)).permutation(n)
+        gen = torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+        total_steps = planned * steps_per_epoch
+        losses = []
+        lr = cfg.lr
+        for k in range(steps_per_epoch):
+            idx = order[k * cfg.batch:(k + 1) * cfg.batch]
+            x, bxs, lbs = _augment(
+                tr.pixels[idx], [tr.boxes[i] for i in idx], [tr.labels[i] for i in idx], cfg, gen
+            )
+            tg = build_targets(bxs, lbs, nc, (cfg.imgsz, cfg.imgsz), model_cfg.stride)
+            lr = _lr_at(step, total_steps, cfg.lr, cfg.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                heat, ltrb = model(x)
+            loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                spent = time.monotonic() - t_start
+                done = step
+                eta = spent / max(1, done - start_epoch * steps_per_epoch) * (
+                    total_steps - done) if done > start_epoch * steps_per_epoch else 0.0
+                progress(epoch, k + 1, steps_per_epoch, losses[-1], eta)
+
+        evaluate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 >= planned
+        spent = time.monotonic() - t_start
+        epoch_s = time.monotonic() - t_epoch
+        if cfg.time_budget_s is not None and not evaluate:
+            # the budget may end the run now: evaluate what we have
+            evaluate = spent + epoch_s > cfg.time_budget_s
+        ap = ap50 = None
+        if evaluate:
+            stats = evaluate_model(model, val_ds, va, annotator=annotator, imgsz=cfg.imgsz,
+                                   amp=use_bf16, score_threshold=cfg.eval_score_threshold,
+                                   nms_iou=cfg.nms_iou)
+            ap, ap50 = float(stats["AP"]), float(stats["AP50"])
+        seconds = time.monotonic() - t_epoch
+        history.append(EpochMetrics(epoch, float(np.mean(losses)), lr, seconds, ap, ap50))
+        improved = ap is not None and ap > best_ap
+        if improved:
+            best_ap, best_epoch, since_best = ap, epoch, 0
+        elif ap is not None:
+            since_best += 1
+        spent = time.monotonic() - t_start
+        if cfg.time_budget_s is not None:
+            per_epoch = spent / (epoch + 1)
+            fits = int(cfg.time_budget_s // max(per_epoch, 1e-9))
+            planned = max(epoch + 1, min(cfg.epochs, fits))
+        state = {
+            "model": model.state_dict(),
+            "model_config": model_cfg.to_dict(),
+            "class_names": train_ds.category_names,
+            "optimizer": opt.state_dict(),
+            "scheduler": {"planned_epochs": planned, "step": step},
+            "epoch": epoch,
+            "history": [asdict(m) for m in history],
+            "best_ap": best_ap, "best_epoch": best_epoch, "since_best": since_best,
+            "elapsed": spent,
+            "rng": {"torch": torch.get_rng_state()},
+            "train_config": asdict(cfg),
+            "annotator": annotator,
+        }
+        _save(last_path, state)
+        if improved:
+            _save(best_path, state)
+        epoch += 1
+        if cfg.time_budget_s is not None and spent >= cfg.time_budget_s and epoch < planned:
+            stopped = "time_budget"
+            break
+        if cfg.patience is not None and since_best >= cfg.patience:
+            stopped = "patience"
+            break
+    if not best_path.exists():
+        _save(best_path, torch.load(last_path, map_location="cpu", weights_only=False))
+    result = TrainResult(
+        epochs=history, best_path=best_path, last_path=last_path, best_ap=best_ap,
+        best_epoch=best_epoch, stopped=stopped, amp="bf16" if use_bf16 else "fp32",
+        class_names=train_ds.category_names, seconds=time.monotonic() - t_start,
+    )
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    return result
