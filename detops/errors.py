@@ -16,6 +16,8 @@ The tree, drawn once::
     ├── InvalidReference  (ValueError)   "NAME@vN" / "NAME@ALIAS" that does not parse
     ├── FormatError  (ValueError)        a file that cannot be read as COCO / YOLO / VOC / ...
     ├── ValidationFailed                 ``data validate`` found errors
+    ├── InvalidImage  (ValueError)       an image array the runtime cannot use
+    │   └── ImageDecodeError             bytes that are empty, corrupt, truncated or too big
     ├── ModelError                       a model or spec that cannot be used
     │   ├── SpecMismatch  (ValueError)   spec does not fit the ONNX graph
     │   └── ParityError                  exported ONNX disagrees with PyTorch
@@ -94,6 +96,14 @@ class FormatError(DetopsError, ValueError):
 
 class ValidationFailed(DetopsError):
     pass
+
+
+class InvalidImage(DetopsError, ValueError):
+    """An image the runtime cannot use (wrong array shape or dtype)."""
+
+
+class ImageDecodeError(InvalidImage):
+    """Image bytes that cannot be decoded: empty, not an image, corrupt, truncated, too big."""
 
 
 class ModelError(DetopsError):

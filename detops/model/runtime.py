@@ -36,21 +36,19 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-from detops.errors import ArtifactCorrupt, DetopsError, ModelError, SpecMismatch
+from detops.errors import (
+    ArtifactCorrupt,
+    ImageDecodeError,
+    InvalidImage,
+    ModelError,
+    SpecMismatch,
+)
 from detops.model.adapters import RawDetections, get_adapter
 from detops.model.detections import Detections
 from detops.model.nms import nms
 from detops.model.spec import ModelSpec, graph_signature
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # ~7000 x 7000; a bigger body is refused, not decoded
-
-
-class InvalidImage(DetopsError, ValueError):
-    """An image the runtime cannot use (wrong array shape or dtype)."""
-
-
-class ImageDecodeError(InvalidImage):
-    """Image bytes that cannot be decoded: empty, not an image, corrupt, truncated, too big."""
 
 
 # -- images --------------------------------------------------------------------------------------

@@ -24,11 +24,12 @@ checkpoint), and training stops when the budget is spent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -333,6 +334,16 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -377,6 +388,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = Detector(model_cfg)
+    # channels-last: oneDNN's bf16 convolutions (and their backward) are faster on NHWC
+    model = model.to(memory_format=torch.channels_last)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -424,12 +437,13 @@ def train(
             x, bxs, lbs = _augment(
                 tr.pixels[idx], [tr.boxes[i] for i in idx], [tr.labels[i] for i in idx], cfg, gen
             )
-            tg = build_targets(bxs, lbs, nc, (cfg.imgsz, cfg.imgsz), model_cfg.stride)
+            with _threads(1):  # small per-box tensors: thread start-up costs more than it saves
+                tg = build_targets(bxs, lbs, nc, (cfg.imgsz, cfg.imgsz), model_cfg.stride)
             lr = _lr_at(step, total_steps, cfg.lr, cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                heat, ltrb = model(x)
+                heat, ltrb = model(x.contiguous(memory_format=torch.channels_last))
             loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from detops.data.dataset import Dataset
-from detops.data.formats.coco import load_coco, save_coco
+from detops.data.formats.coco import load_coco, save_coco, to_coco_dict
 from detops.data.formats.voc import load_voc, save_voc
 from detops.data.formats.yolo import load_yolo, save_yolo
 from detops.errors import FormatError
@@ -32,6 +32,7 @@ __all__ = [
     "load_yolo",
     "save",
     "save_coco",
+    "to_coco_dict",
     "save_voc",
     "save_yolo",
 ]

@@ -91,9 +91,21 @@ def save_coco(ds: Dataset, out_dir: str | Path, *, copy_images: bool = True) -> 
         place_images(ds, targets, out / "images", copy=True)
     else:
         targets = {img.id: _path_from(out, ds.image_path(img)) for img in ds.images}
+    doc = to_coco_dict(ds, {i: t.as_posix() for i, t in targets.items()})
+    path = out / "annotations.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def to_coco_dict(ds: Dataset, file_names: dict[int, str] | None = None) -> dict[str, Any]:
+    """The COCO document of ``ds`` (category ids 1-based, annotation ids 1..N, image ids kept).
+
+    ``file_names`` maps image id to the ``file_name`` to write (default: ``ImageRecord.file``).
+    This is also the ground truth that evaluation reads.
+    """
     images = []
     for img in ds.images:
-        rec: dict[str, Any] = {"id": img.id, "file_name": targets[img.id].as_posix(),
+        rec: dict[str, Any] = {"id": img.id, "file_name": (file_names or {}).get(img.id, img.file),
                                "width": img.width, "height": img.height}
         if img.sha256 is not None:
             rec["sha256"] = img.sha256
@@ -125,9 +137,7 @@ def save_coco(ds: Dataset, out_dir: str | Path, *, copy_images: bool = True) -> 
         info["detops"] = extra
     doc = {"info": info, "licenses": ds.info.get("licenses", []),
            "images": images, "annotations": annotations, "categories": categories}
-    path = out / "annotations.json"
-    path.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return path
+    return doc
 
 
 def _path_from(out: Path, image: Path) -> PurePosixPath:

@@ -1,0 +1,133 @@
+"""Train the default detector on the default synthetic scenes and check the issue's targets.
+
+    python bench/train_bench.py [--n 2000] [--budget 600] [--out /tmp/detops-train-bench]
+
+Synthesises ``--n`` scenes (seed 0), splits them by content hash with
+``detops.data.versions.split_for`` (train 85 % / val 15 %, test folded into val), trains within
+the time budget, evaluates the best checkpoint on val with the COCO engine, exports ONNX, checks
+parity, measures ONNX Runtime latency per 320x320 image (batch 1 and batch 8; intra-op threads
+2, no spinning) and prints: metric, value, target, pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--budget", type=float, default=600.0)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--out", default="/tmp/detops-train-bench")
+    ap.add_argument("--model", default=None, help="JSON DetectorConfig overrides")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import torch
+
+    from detops.data.synth import synthesize
+    from detops.data.versions import SplitSettings, split_for
+    from detops.model.detector import count_parameters
+    from detops.model.export import export_onnx, parity_check
+    from detops.model.train import (
+        TrainConfig,
+        evaluate_model,
+        load_checkpoint,
+        load_images,
+        normalize,
+        train,
+    )
+
+    out = Path(args.out)
+    data_dir = out / "data"
+    t0 = time.monotonic()
+    ds = synthesize(data_dir, n=args.n, seed=0)
+    t_synth = time.monotonic() - t0
+    ratios = SplitSettings(train=0.85, val=0.15, test=0.0)
+    for img in ds.images:
+        img.split = "train" if split_for(img.sha256 or "", ratios) == "train" else "val"
+    train_ds, val_ds = ds.split("train"), ds.split("val")
+    print(f"data: {len(train_ds.images)} train / {len(val_ds.images)} val images "
+          f"({t_synth:.0f} s to synthesise)", flush=True)
+
+    kw: dict = {"time_budget_s": args.budget}
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    if args.model:
+        kw["model"] = json.loads(args.model)
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    if args.batch is not None:
+        kw["batch"] = args.batch
+    cfg = TrainConfig(**kw)
+
+    def progress(epoch: int, step: int, total: int, loss: float, eta: float) -> None:
+        if step == total:
+            print(f"  epoch {epoch} loss {loss:.3f} eta {eta:.0f}s", flush=True)
+
+    t0 = time.monotonic()
+    result = train(train_ds, val_ds, cfg, out_dir=out / "run", progress=progress)
+    t_train = time.monotonic() - t0
+    for m in result.epochs:
+        print(f"  epoch {m.epoch:3d} loss {m.loss:.3f} lr {m.lr:.5f} {m.seconds:5.1f}s "
+              f"AP {m.ap} AP50 {m.ap50}", flush=True)
+
+    model, _ = load_checkpoint(result.best_path)
+    va = load_images(val_ds, cfg.imgsz, None)
+    stats = evaluate_model(model, val_ds, va, amp=False)  # fp32, as exported
+
+    onnx_path = export_onnx(model, out / "model.onnx", imgsz=cfg.imgsz)
+    imgs = [va.pixels[i].permute(1, 2, 0).numpy() for i in range(min(16, len(val_ds.images)))]
+    parity = parity_check(model, onnx_path, imgs)
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    x_all = normalize(va.pixels[:64]).numpy()
+
+    def latency(batch: int, reps: int) -> float:
+        x = np.ascontiguousarray(x_all[:batch])
+        for _ in range(5):
+            sess.run(None, {"images": x})
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            sess.run(None, {"images": x})
+            times.append((time.perf_counter() - t) / batch)
+        return statistics.median(times) * 1000
+
+    lat1, lat8 = latency(1, 100), latency(8, 30)
+    n_params = count_parameters(model)
+    rows = [
+        ("val mAP@0.5", f"{stats['AP50']:.4f}", ">= 0.95", stats["AP50"] >= 0.95),
+        ("val mAP@[.5:.95]", f"{stats['AP']:.4f}", ">= 0.80", stats["AP"] >= 0.80),
+        ("train seconds", f"{result.seconds:.0f}", "<= 600", result.seconds <= 600),
+        ("ORT ms/image (batch 1)", f"{lat1:.2f}", "<= 8", lat1 <= 8),
+        ("ORT ms/image (batch 8)", f"{lat8:.2f}", "<= 8", lat8 <= 8),
+        ("parity max |diff| heads", f"{parity.max_abs_diff:.2e}", f"<= {parity.atol:g}", True),
+        ("parameters", f"{n_params:,}", "", True),
+        ("epochs run", f"{len(result.epochs)} ({result.stopped})", "", True),
+        ("amp / torch threads", f"{result.amp} / {torch.get_num_threads()}", "", True),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'metric':<{w}}  {'value':>18}  {'target':>8}  pass")
+    for name, value, target, ok in rows:
+        print(f"{name:<{w}}  {value:>18}  {target:>8}  {'yes' if ok else 'NO'}")
+    print(f"(train wall time incl. data loading {t_train:.0f} s; best epoch {result.best_epoch})")
+    return 0 if all(r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

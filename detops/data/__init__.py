@@ -1,0 +1,56 @@
+"""The Data stage: datasets, formats, versions, validation, statistics, synthetic scenes.
+
+>>> from detops.data import Dataset, load_coco  # the way in; modules load on first use
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Dataset": "detops.data.dataset",
+    "ImageRecord": "detops.data.dataset",
+    "Annotation": "detops.data.dataset",
+    "Category": "detops.data.dataset",
+    "LossReport": "detops.data.dataset",
+    "load": "detops.data.formats",
+    "save": "detops.data.formats",
+    "detect_format": "detops.data.formats",
+    "load_coco": "detops.data.formats",
+    "save_coco": "detops.data.formats",
+    "load_yolo": "detops.data.formats",
+    "save_yolo": "detops.data.formats",
+    "load_voc": "detops.data.formats",
+    "save_voc": "detops.data.formats",
+    "validate": "detops.data.validate",
+    "ValidationReport": "detops.data.validate",
+    "Finding": "detops.data.validate",
+    "compute_stats": "detops.data.stats",
+    "plot_stats": "detops.data.stats",
+    "format_stats": "detops.data.stats",
+    "synthesize": "detops.data.synth",
+    "SceneConfig": "detops.data.synth",
+    "AnnotatorSpec": "detops.data.synth",
+    "add_dataset": "detops.data.versions",
+    "load_version": "detops.data.versions",
+    "get_version": "detops.data.versions",
+    "list_versions": "detops.data.versions",
+    "diff_versions": "detops.data.versions",
+    "split_for": "detops.data.versions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detops.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
