@@ -34,7 +34,9 @@ def _make(args: tuple[Path, int, int]) -> list[dict]:
         for k in range(int(rng.integers(1, 9))):
             x, y = (float(v) for v in rng.uniform(0, 260, 2))
             w, h = (float(v) for v in rng.uniform(12, 60, 2))
-            draw.rectangle([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            draw.rectangle(
+                [x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3))
+            )
             anns.append({"image_id": i + 1, "bbox": [x, y, w, h], "category_id": 1 + k % 3})
         im.save(folder / f"{i:06d}.jpg", quality=90)
     return anns
@@ -51,8 +53,10 @@ def make_dataset(root: Path, n: int) -> Path:
     for j, a in enumerate(anns):
         a.update(id=j + 1, area=a["bbox"][2] * a["bbox"][3], iscrowd=0)
     coco = {
-        "images": [{"id": i + 1, "file_name": f"{i:06d}.jpg", "width": 320, "height": 320}
-                   for i in range(n)],
+        "images": [
+            {"id": i + 1, "file_name": f"{i:06d}.jpg", "width": 320, "height": 320}
+            for i in range(n)
+        ],
         "annotations": anns,
         "categories": [{"id": k, "name": name} for k, name in enumerate(["a", "b", "c"], 1)],
     }
@@ -111,9 +115,11 @@ def main() -> None:
             ("add + validate", add_s + val_s, (add_s + val_s) / base_s),
             ("re-add unchanged (cache)", readd_s, readd_s / base_s),
         ]
-        print(f"\n{args.n} images 320x320 JPEG, {sum(1 for _ in ws.artifacts.root.rglob('*'))} "
-              f"artifact entries, {len(report.findings)} findings, cores={os.cpu_count()} "
-              f"(generation {gen_s:.1f}s)")
+        print(
+            f"\n{args.n} images 320x320 JPEG, {sum(1 for _ in ws.artifacts.root.rglob('*'))} "
+            f"artifact entries, {len(report.findings)} findings, cores={os.cpu_count()} "
+            f"(generation {gen_s:.1f}s)"
+        )
         print(f"{'step':<40} {'seconds':>8} {'x baseline':>11}")
         for name, s, ratio in rows:
             print(f"{name:<40} {s:>8.2f} {ratio:>11.2f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+# On a shared machine OpenMP threads that spin while waiting can slow training several-fold;
+# passive waiting costs little when the machine is idle. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -30,6 +34,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="JSON DetectorConfig overrides")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=None)
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -69,18 +74,17 @@ def main() -> int:
         kw["lr"] = args.lr
     if args.batch is not None:
         kw["batch"] = args.batch
+    if args.eval_every is not None:
+        kw["eval_every"] = args.eval_every
     cfg = TrainConfig(**kw)
 
-    def progress(epoch: int, step: int, total: int, loss: float, eta: float) -> None:
-        if step == total:
-            print(f"  epoch {epoch} loss {loss:.3f} eta {eta:.0f}s", flush=True)
-
-    t0 = time.monotonic()
-    result = train(train_ds, val_ds, cfg, out_dir=out / "run", progress=progress)
-    t_train = time.monotonic() - t0
-    for m in result.epochs:
+    def on_epoch(m) -> None:
         print(f"  epoch {m.epoch:3d} loss {m.loss:.3f} lr {m.lr:.5f} {m.seconds:5.1f}s "
               f"AP {m.ap} AP50 {m.ap50}", flush=True)
+
+    t0 = time.monotonic()
+    result = train(train_ds, val_ds, cfg, out_dir=out / "run", on_epoch=on_epoch)
+    t_train = time.monotonic() - t0
 
     model, _ = load_checkpoint(result.best_path)
     va = load_images(val_ds, cfg.imgsz, None)

@@ -33,7 +33,9 @@ class StoreSettings(_Section):
     url: str | None = Field(
         None, description="SQLAlchemy URL of the metadata store; default SQLite in .detops/"
     )
-    artifacts: str = Field(".detops/artifacts", description="artifact folder, relative to the workspace")
+    artifacts: str = Field(
+        ".detops/artifacts", description="artifact folder, relative to the workspace"
+    )
 
 
 class SplitSettings(_Section):

@@ -33,7 +33,9 @@ def init_workspace(path: str | os.PathLike[str]) -> Path:
     return root
 
 
-def find_workspace(explicit: str | os.PathLike[str] | None = None, start: Path | None = None) -> Path:
+def find_workspace(
+    explicit: str | os.PathLike[str] | None = None, start: Path | None = None
+) -> Path:
     if explicit is None:
         explicit = os.environ.get("DETOPS_HOME") or None
     if explicit is not None:
@@ -56,7 +58,9 @@ def find_workspace(explicit: str | os.PathLike[str] | None = None, start: Path |
 class Workspace:
     """Settings, metadata store and artifact store of one workspace (opened lazily)."""
 
-    def __init__(self, root: str | os.PathLike[str], flags: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], flags: Mapping[str, Any] | None = None
+    ) -> None:
         self.root = Path(root).resolve()
         self.config: ResolvedConfig = resolve(self.root / CONFIG_FILE, flags=flags)
         self.settings = self.config.settings

@@ -9,8 +9,9 @@ import typer
 
 from detops.cli._common import JsonOpt, ProgressBar, WorkspaceOpt, fail, open_workspace, print_json
 
-data_app = typer.Typer(help="Datasets: add, list, show, diff, export, validate, stats, synth.",
-                       no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: add, list, show, diff, export, validate, stats, synth.", no_args_is_help=True
+)
 
 FormatOpt = typer.Option(None, "--format", "-f", help="coco | yolo | voc (default: detected)")
 
@@ -43,14 +44,23 @@ def add(
     ws = open_workspace(workspace)
     ds, fmt = _load_source(path, fmt, strict=True, one_based=ws.settings.data.voc_one_based)
     with ProgressBar("hashing images") as bar:
-        dv = add_dataset(ws, name, ds, source=str(path.resolve()), source_format=fmt,
-                         keep_splits=keep_splits, progress=bar)
+        dv = add_dataset(
+            ws,
+            name,
+            ds,
+            source=str(path.resolve()),
+            source_format=fmt,
+            keep_splits=keep_splits,
+            progress=bar,
+        )
     if as_json:
         print_json({**dv.to_dict(), "created": dv.created, "loss_report": dv.loss_report})
         return
     verb = "registered" if dv.created else "unchanged, already registered as"
-    typer.echo(f"{verb} {dv.ref}  ({dv.n_images} images, {dv.n_annotations} boxes, "
-               f"{dv.n_categories} categories, digest {dv.digest[:12]})")
+    typer.echo(
+        f"{verb} {dv.ref}  ({dv.n_images} images, {dv.n_annotations} boxes, "
+        f"{dv.n_categories} categories, digest {dv.digest[:12]})"
+    )
     counts = (dv.loss_report or {}).get("counts") or {}
     if counts:
         typer.echo("import loss report (what could not be carried as it was):")
@@ -78,8 +88,10 @@ def list_(
         return
     typer.echo(f"{'dataset':<28} {'images':>8} {'boxes':>8} {'classes':>7}  digest        created")
     for r in rows:
-        typer.echo(f"{r.ref:<28} {r.n_images:>8} {r.n_annotations:>8} {r.n_categories:>7}  "
-                   f"{r.digest[:12]}  {str(r.created_at)[:19]}")
+        typer.echo(
+            f"{r.ref:<28} {r.n_images:>8} {r.n_annotations:>8} {r.n_categories:>7}  "
+            f"{r.digest[:12]}  {str(r.created_at)[:19]}"
+        )
 
 
 @data_app.command("show")
@@ -99,8 +111,9 @@ def show(
     per_class = Counter(ds.category_names[a.category_id] for a in ds.annotations)
     out = {
         **dv.to_dict(),
-        "categories": [{"id": c.id, "name": c.name, "boxes": per_class.get(c.name, 0)}
-                       for c in ds.categories],
+        "categories": [
+            {"id": c.id, "name": c.name, "boxes": per_class.get(c.name, 0)} for c in ds.categories
+        ],
         "splits": dict(sorted(Counter(img.split for img in ds.images).items())),
         "annotators": ds.annotators,
         "loss_report": dv.loss_report,
@@ -113,7 +126,9 @@ def show(
     typer.echo(f"  images:      {dv.n_images}   boxes: {dv.n_annotations}")
     typer.echo(f"  splits:      {', '.join(f'{k}={v}' for k, v in out['splits'].items())}")
     typer.echo(f"  annotators:  {', '.join(ds.annotators) or '-'}")
-    typer.echo("  categories:  " + ", ".join(f"{c['name']} ({c['boxes']})" for c in out["categories"]))
+    typer.echo(
+        "  categories:  " + ", ".join(f"{c['name']} ({c['boxes']})" for c in out["categories"])
+    )
     counts = (dv.loss_report or {}).get("counts") or {}
     typer.echo("  import loss: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "none"))
 
@@ -134,14 +149,18 @@ def diff(
         print_json(d)
         return
     s = d["summary"]
-    typer.echo(f"{a} -> {b}: {s['added']} images added, {s['removed']} removed, "
-               f"{s['changed']} with changed labels, {s['unchanged']} unchanged")
+    typer.echo(
+        f"{a} -> {b}: {s['added']} images added, {s['removed']} removed, "
+        f"{s['changed']} with changed labels, {s['unchanged']} unchanged"
+    )
     for f in d["images_added"][:20]:
         typer.echo(f"  + {f}")
     for f in d["images_removed"][:20]:
         typer.echo(f"  - {f}")
     for c in d["images_changed"][:20]:
-        typer.echo(f"  ~ {c['image']}: +{len(c['labels_added'])} / -{len(c['labels_removed'])} labels")
+        typer.echo(
+            f"  ~ {c['image']}: +{len(c['labels_added'])} / -{len(c['labels_removed'])} labels"
+        )
     if d["categories_added"] or d["categories_removed"]:
         typer.echo(f"  categories +{d['categories_added']} -{d['categories_removed']}")
 
@@ -162,7 +181,10 @@ def export(
     ds = load_version(ws, ref)
     if annotator is not None:
         if annotator not in ds.annotators:
-            fail(f"{ref} has no annotator {annotator!r} (annotators: {', '.join(ds.annotators) or 'none'})")
+            fail(
+                f"{ref} has no annotator {annotator!r} "
+                f"(annotators: {', '.join(ds.annotators) or 'none'})"
+            )
         ds.annotations = [a for a in ds.annotations if a.annotator == annotator]
     path = save(ds, out, fmt, one_based=ws.settings.data.voc_one_based)
     typer.echo(f"wrote {ref} as {fmt} to {path}")
@@ -186,8 +208,10 @@ def validate_cmd(
     else:
         for f in report.findings:
             typer.echo(f"{f.severity:<7} {f.kind:<18} {f.file} [{f.record}]: {f.message}")
-        typer.echo(f"{len(report.errors)} errors, {len(report.warnings)} warnings "
-                   f"in {len(ds.images)} images")
+        typer.echo(
+            f"{len(report.errors)} errors, {len(report.warnings)} warnings "
+            f"in {len(ds.images)} images"
+        )
     if report.errors:
         raise typer.Exit(1)
 
@@ -238,37 +262,68 @@ def synth(
     seed: int = typer.Option(0, "--seed"),
     fmt: str = typer.Option("coco", "--format", "-f", help="coco | yolo | voc"),
     size: int = typer.Option(320, "--size", min=32, help="Image width and height in pixels."),
-    brightness: float = typer.Option(0.0, help="Added to pixel values (-255..255)."),
-    contrast: float = typer.Option(1.0, help="Contrast multiplier."),
-    noise: float = typer.Option(None, help="Gaussian noise sigma (default: scene default)."),
-    blur: float = typer.Option(0.0, help="Gaussian blur radius in px."),
-    scale: float = typer.Option(1.0, help="Object scale multiplier."),
-    min_objects: int = typer.Option(None, help="Fewest objects per image."),
-    max_objects: int = typer.Option(None, help="Most objects per image."),
+    brightness: float = typer.Option(None, help="Added to grey levels (-255..255); default 0."),
+    contrast: float = typer.Option(None, help="Contrast multiplier about mid-grey; default 1."),
+    noise: float = typer.Option(None, help="Gaussian noise sigma; default 6."),
+    blur: float = typer.Option(None, help="Gaussian blur radius in px; default 0."),
+    scale: float = typer.Option(None, help="Object scale multiplier; default 1."),
+    min_objects: int = typer.Option(None, help="Fewest objects per image; default 1."),
+    max_objects: int = typer.Option(None, help="Most objects per image; default 10."),
     class_mix: str = typer.Option(None, help="Class weights, e.g. 'circle=3,star=1'."),
-    occlusion: float = typer.Option(0.0, help="Rate of occluder patches over objects."),
-    unseen_class: float = typer.Option(0.0, help="Rate of an unlabelled class never seen before."),
+    occlusion: float = typer.Option(
+        None, help="Rate of occluder patches over objects; default 0.15."
+    ),
+    unseen_class: float = typer.Option(
+        None, help="Rate of an unlabelled, never-seen class; default 0."
+    ),
     annotators: str = typer.Option(None, help="Simulated annotators, e.g. 'A,B,C'."),
     annotator_spec: str = typer.Option(
-        None, help="Inconsistency per annotator, e.g. 'B:loose=0.3;C:miss=0.1,confuse=star>square@0.5'."
+        None,
+        help="Inconsistency per annotator: 'B:loose=0.3;C:miss=0.1,confuse=star>square@0.5' "
+        "(keys jitter, loose, miss, confuse=FROM>TO@RATE, seed).",
     ),
     image_format: str = typer.Option("jpg", help="jpg | png"),
     workers: int = typer.Option(0, help="Processes; 0 = one per core."),
 ) -> None:
     """Write labelled synthetic scenes with drift knobs and simulated annotators."""
     from detops.data.formats import save
-    from detops.data.synth import scene_config_from_options, synthesize
+    from detops.data.synth import SceneConfig, parse_annotators, synthesize
 
-    config = scene_config_from_options(
-        size=size, brightness=brightness, contrast=contrast, noise=noise, blur=blur, scale=scale,
-        min_objects=min_objects, max_objects=max_objects, class_mix=class_mix,
-        occlusion=occlusion, unseen_class=unseen_class,
+    knobs = dict(
+        width=size,
+        height=size,
+        brightness=brightness,
+        contrast=contrast,
+        noise=noise,
+        blur=blur,
+        scale=scale,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        occlusion=occlusion,
+        unseen_class=unseen_class,
     )
-    from detops.data.synth import parse_annotators
-
-    specs = parse_annotators(annotators, annotator_spec) if annotators else None
-    ds = synthesize(out, n, seed, config, specs, image_format=image_format, workers=workers)
-    if fmt != "none":
-        save(ds, out, fmt, copy_images=False)
-    typer.echo(f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes "
-               f"({', '.join(ds.category_names)}) to {out.resolve()} as {fmt}")
+    if class_mix:
+        try:
+            knobs["class_mix"] = {
+                k.strip(): float(v)
+                for k, v in (part.split("=", 1) for part in class_mix.split(","))
+            }
+        except ValueError:
+            fail(f"--class-mix {class_mix!r}: expected NAME=WEIGHT[,NAME=WEIGHT...]")
+    config = SceneConfig(**{k: v for k, v in knobs.items() if v is not None})
+    if annotator_spec and not annotators:
+        fail("--annotator-spec needs --annotators NAMES")
+    specs = (
+        parse_annotators(annotators, annotator_spec, classes=config.classes) if annotators else None
+    )
+    with ProgressBar("rendering") as bar:
+        ds = synthesize(
+            out, n, seed, config, specs, image_format=image_format, workers=workers, progress=bar
+        )
+    if fmt == "yolo" and specs and len(specs) > 1:
+        fail("YOLO labels cannot say who drew a box; use --format coco or voc with annotators")
+    save(ds, out, fmt, copy_images=False)
+    typer.echo(
+        f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes "
+        f"({', '.join(ds.category_names)}) to {out.resolve()} as {fmt}"
+    )

@@ -9,8 +9,9 @@ import typer
 
 from detops.cli._common import JsonOpt, WorkspaceOpt, fail, open_workspace, print_json
 
-models_app = typer.Typer(help="Model registry: register, alias, list, show, compare, card.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model registry: register, alias, list, show, compare, card.", no_args_is_help=True
+)
 runs_app = typer.Typer(help="Tracked training runs: list, show, compare.", no_args_is_help=True)
 
 
@@ -42,8 +43,14 @@ def models_register(
             fail("--onnx needs --spec SPEC.yaml (class names, input size, pre/post-processing)")
         if not onnx.is_file():
             fail(f"{onnx}: no such file")
-        mv = register_model(ws, name, onnx, ModelSpec.load(spec), description=description,
-                            lineage={"source": "onnx", "onnx_file": str(onnx.resolve())})
+        mv = register_model(
+            ws,
+            name,
+            onnx,
+            ModelSpec.load(spec),
+            description=description,
+            lineage={"source": "onnx", "onnx_file": str(onnx.resolve())},
+        )
     else:
         from detops.model.workflow import register_run
 
@@ -51,8 +58,11 @@ def models_register(
     if as_json:
         print_json(mv.to_dict())
     else:
-        typer.echo(f"registered {mv.ref} (onnx {mv.onnx[:12]}"
-                   + (f", run {mv.run_id}" if mv.run_id else "") + ")")
+        typer.echo(
+            f"registered {mv.ref} (onnx {mv.onnx[:12]}"
+            + (f", run {mv.run_id}" if mv.run_id else "")
+            + ")"
+        )
 
 
 @models_app.command("alias")
@@ -91,9 +101,11 @@ def models_list(
     typer.echo(f"{'model':<24} {'AP50':>6} {'AP':>6}  {'aliases':<20} {'run':<12} dataset")
     for m in rows:
         c = (m.evaluation or {}).get("coco", {})
-        typer.echo(f"{m.ref:<24} {_num(c.get('AP50')):>6} {_num(c.get('AP')):>6}  "
-                   f"{','.join(m.aliases) or '-':<20} {m.run_id or '-':<12} "
-                   f"{m.lineage.get('dataset', '-')}")
+        typer.echo(
+            f"{m.ref:<24} {_num(c.get('AP50')):>6} {_num(c.get('AP')):>6}  "
+            f"{','.join(m.aliases) or '-':<20} {m.run_id or '-':<12} "
+            f"{m.lineage.get('dataset', '-')}"
+        )
 
 
 def _num(v: Any) -> str:
@@ -118,8 +130,10 @@ def models_show(
     typer.echo(f"{m.ref}  aliases: {', '.join(m.aliases) or '-'}")
     typer.echo(f"  onnx:     {m.onnx}")
     typer.echo(f"  classes:  {', '.join(m.spec['class_names'])}")
-    typer.echo(f"  input:    {m.spec['input_width']}x{m.spec['input_height']} {m.spec['resize']}, "
-               f"adapter {m.spec['adapter']}, score >= {m.spec['score_threshold']}")
+    typer.echo(
+        f"  input:    {m.spec['input_width']}x{m.spec['input_height']} {m.spec['resize']}, "
+        f"adapter {m.spec['adapter']}, score >= {m.spec['score_threshold']}"
+    )
     for k, v in m.lineage.items():
         typer.echo(f"  {k + ':':<9} {v}")
     c = (m.evaluation or {}).get("coco")
@@ -142,18 +156,32 @@ def models_compare(
     ca = (ma.evaluation or {}).get("coco", {})
     cb = (mb.evaluation or {}).get("coco", {})
     keys = list(dict.fromkeys([*ca, *cb]))
-    rows = [{"metric": k, ma.ref: ca.get(k), mb.ref: cb.get(k),
-             "delta": None if ca.get(k) is None or cb.get(k) is None else cb[k] - ca[k]}
-            for k in keys]
+    rows = [
+        {
+            "metric": k,
+            ma.ref: ca.get(k),
+            mb.ref: cb.get(k),
+            "delta": None if ca.get(k) is None or cb.get(k) is None else cb[k] - ca[k],
+        }
+        for k in keys
+    ]
     if as_json:
-        print_json({"a": ma.ref, "b": mb.ref, "metrics": rows,
-                    "lineage": {ma.ref: ma.lineage, mb.ref: mb.lineage}})
+        print_json(
+            {
+                "a": ma.ref,
+                "b": mb.ref,
+                "metrics": rows,
+                "lineage": {ma.ref: ma.lineage, mb.ref: mb.lineage},
+            }
+        )
         return
     typer.echo(f"{'metric':<8} {ma.ref:>16} {mb.ref:>16} {'delta':>8}")
     for r in rows:
         d = r["delta"]
-        typer.echo(f"{r['metric']:<8} {_num(r[ma.ref]):>16} {_num(r[mb.ref]):>16} "
-                   f"{'-' if d is None else f'{d:+.3f}':>8}")
+        typer.echo(
+            f"{r['metric']:<8} {_num(r[ma.ref]):>16} {_num(r[mb.ref]):>16} "
+            f"{'-' if d is None else f'{d:+.3f}':>8}"
+        )
 
 
 @models_app.command("card")
@@ -185,18 +213,23 @@ def runs_list(workspace: str = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
     if not rows:
         typer.echo("no runs yet: `detops train DATASET@vN`")
         return
-    typer.echo(f"{'run':<12} {'status':<9} {'dataset':<18} {'epochs':>6} {'AP50':>6} {'AP':>6} "
-               f"{'minutes':>7}  started")
+    typer.echo(
+        f"{'run':<12} {'status':<9} {'dataset':<18} {'epochs':>6} {'AP50':>6} {'AP':>6} "
+        f"{'minutes':>7}  started"
+    )
     for r in rows:
         c = (r.evaluation or {}).get("coco", {})
-        typer.echo(f"{r.id:<12} {r.status:<9} {r.dataset or '-':<18} {len(r.metrics):>6} "
-                   f"{_num(c.get('AP50')):>6} {_num(c.get('AP')):>6} "
-                   f"{(r.duration_s or 0) / 60:>7.1f}  {str(r.started_at)[:19]}")
+        typer.echo(
+            f"{r.id:<12} {r.status:<9} {r.dataset or '-':<18} {len(r.metrics):>6} "
+            f"{_num(c.get('AP50')):>6} {_num(c.get('AP')):>6} "
+            f"{(r.duration_s or 0) / 60:>7.1f}  {str(r.started_at)[:19]}"
+        )
 
 
 @runs_app.command("show")
-def runs_show(run: str = typer.Argument(...), workspace: str = WorkspaceOpt,
-              as_json: bool = JsonOpt) -> None:
+def runs_show(
+    run: str = typer.Argument(...), workspace: str = WorkspaceOpt, as_json: bool = JsonOpt
+) -> None:
     """Show one run: params, code, data, environment, metrics per epoch, artifacts."""
     from detops.model.tracking import get_run
 
@@ -208,14 +241,22 @@ def runs_show(run: str = typer.Argument(...), workspace: str = WorkspaceOpt,
     typer.echo(f"run {r.id}  {r.status}  dataset {r.dataset} ({(r.dataset_digest or '')[:12]})")
     typer.echo(f"  params:  {r.params}")
     git = r.code.get("project_git") or r.code.get("detops_git") or {}
-    typer.echo(f"  code:    detops {r.code.get('package_version')} git {str(git.get('sha'))[:12]}"
-               f"{' (dirty)' if git.get('dirty') else ''}")
+    typer.echo(
+        f"  code:    detops {r.code.get('package_version')} git {str(git.get('sha'))[:12]}"
+        f"{' (dirty)' if git.get('dirty') else ''}"
+    )
     env = r.environment
-    typer.echo(f"  env:     python {env.get('python')} torch {env.get('torch')} "
-               f"onnxruntime {env.get('onnxruntime')} cpu {env.get('cpu')}")
+    typer.echo(
+        f"  env:     python {env.get('python')} torch {env.get('torch')} "
+        f"onnxruntime {env.get('onnxruntime')} cpu {env.get('cpu')}"
+    )
     for m in r.metrics:
-        typer.echo("  epoch " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in m.items()))
+        typer.echo(
+            "  epoch "
+            + "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
+            )
+        )
     c = (r.evaluation or {}).get("coco")
     if c:
         typer.echo("  final:   " + "  ".join(f"{k}={v:.3f}" for k, v in c.items()))
@@ -226,8 +267,12 @@ def runs_show(run: str = typer.Argument(...), workspace: str = WorkspaceOpt,
 
 
 @runs_app.command("compare")
-def runs_compare(a: str = typer.Argument(...), b: str = typer.Argument(...),
-                 workspace: str = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+def runs_compare(
+    a: str = typer.Argument(...),
+    b: str = typer.Argument(...),
+    workspace: str = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Params and final metrics of two runs side by side."""
     from detops.model.tracking import get_run
 
@@ -236,8 +281,11 @@ def runs_compare(a: str = typer.Argument(...), b: str = typer.Argument(...),
     params = sorted(set(ra.params) | set(rb.params))
     ca, cb = (ra.evaluation or {}).get("coco", {}), (rb.evaluation or {}).get("coco", {})
     out = {
-        "params": {k: {ra.id: ra.params.get(k), rb.id: rb.params.get(k)} for k in params
-                   if ra.params.get(k) != rb.params.get(k)},
+        "params": {
+            k: {ra.id: ra.params.get(k), rb.id: rb.params.get(k)}
+            for k in params
+            if ra.params.get(k) != rb.params.get(k)
+        },
         "metrics": {k: {ra.id: ca.get(k), rb.id: cb.get(k)} for k in dict.fromkeys([*ca, *cb])},
         "dataset": {ra.id: ra.dataset, rb.id: rb.dataset},
         "duration_s": {ra.id: ra.duration_s, rb.id: rb.duration_s},

@@ -37,29 +37,38 @@ def quickstart(
     t = _step(f"workspace: {directory.resolve()}")
     root = init_workspace(directory)
     ws = Workspace(root)
-    typer.echo(f"store {ws.store_url}, artifacts {ws.artifacts.root} ({time.perf_counter() - t:.1f}s)")
+    typer.echo(
+        f"store {ws.store_url}, artifacts {ws.artifacts.root} ({time.perf_counter() - t:.1f}s)"
+    )
 
     t = _step(f"synthesise {n} scenes, labelled by annotators A (careful) and B (loose boxes)")
     src = root / "sources" / f"shapes-{seed}"
     annotators = [AnnotatorSpec("A"), AnnotatorSpec("B", loose=0.3, jitter=0.1)]
     ds = synthesize(src, n, seed, SceneConfig(), annotators)
     save(ds, src, "coco", copy_images=False)
-    typer.echo(f"{len(ds.images)} images, {len(ds.annotations)} boxes, classes "
-               f"{', '.join(ds.category_names)} -> {src} ({time.perf_counter() - t:.1f}s)")
+    typer.echo(
+        f"{len(ds.images)} images, {len(ds.annotations)} boxes, classes "
+        f"{', '.join(ds.category_names)} -> {src} ({time.perf_counter() - t:.1f}s)"
+    )
 
     t = _step("register as dataset version")
     from detops.data.formats import load_coco
 
-    dv = add_dataset(ws, "shapes", load_coco(src / "annotations.json"),
-                     source=str(src), source_format="coco")
-    typer.echo(f"{'registered' if dv.created else 'already registered as'} {dv.ref} "
-               f"(digest {dv.digest[:12]}) ({time.perf_counter() - t:.1f}s)")
+    dv = add_dataset(
+        ws, "shapes", load_coco(src / "annotations.json"), source=str(src), source_format="coco"
+    )
+    typer.echo(
+        f"{'registered' if dv.created else 'already registered as'} {dv.ref} "
+        f"(digest {dv.digest[:12]}) ({time.perf_counter() - t:.1f}s)"
+    )
 
     t = _step(f"validate {dv.ref}")
     stored = load_version(ws, dv)
     report = validate(stored)
-    typer.echo(f"{len(report.errors)} errors, {len(report.warnings)} warnings "
-               f"({time.perf_counter() - t:.1f}s)")
+    typer.echo(
+        f"{len(report.errors)} errors, {len(report.warnings)} warnings "
+        f"({time.perf_counter() - t:.1f}s)"
+    )
     for f in report.findings[:5]:
         typer.echo(f"  {f.severity} {f.kind} {f.file} [{f.record}]: {f.message}")
 
@@ -72,7 +81,8 @@ def quickstart(
     typer.echo(format_stats(st))
     typer.echo(f"plot: {plot} ({time.perf_counter() - t:.1f}s)")
 
-    typer.secho("\nnext: detops data show shapes   |   detops data stats shapes --plot s.png",
-                fg="green")
+    typer.secho(
+        "\nnext: detops data show shapes   |   detops data stats shapes --plot s.png", fg="green"
+    )
     typer.echo(f"(run commands inside {root} or pass --workspace {root})")
     ws.close()

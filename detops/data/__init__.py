@@ -30,6 +30,7 @@ _EXPORTS = {
     "plot_stats": "detops.data.stats",
     "format_stats": "detops.data.stats",
     "synthesize": "detops.data.synth",
+    "parse_annotators": "detops.data.synth",
     "SceneConfig": "detops.data.synth",
     "AnnotatorSpec": "detops.data.synth",
     "add_dataset": "detops.data.versions",

@@ -226,7 +226,8 @@ def paint_occluder(img: Image.Image, ids: np.ndarray, bg: np.ndarray, target: Pl
         patch = np.clip(bg[sy:sy + h, sx:sx + w], 0, 255).astype(np.uint8)
         fill = Image.fromarray(patch)
     else:
-        fill = shaded_fill(rng, tuple(int(v) for v in rng.integers(0, 256, size=3)), w, h)
+        r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
+        fill = shaded_fill(rng, (r, g, b), w, h)
     img.paste(fill, (ox, oy), m)
     ids[oy:oy + h, ox:ox + w][np.asarray(m) > 0] = -1
 

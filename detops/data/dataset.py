@@ -66,7 +66,12 @@ class LossEntry:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "file": self.file, "record": self.record, "message": self.message}
+        return {
+            "kind": self.kind,
+            "file": self.file,
+            "record": self.record,
+            "message": self.message,
+        }
 
 
 @dataclass
@@ -109,7 +114,13 @@ class Dataset:
 
     # -- building -------------------------------------------------------------------------
     def add_image(self, file: str, width: int, height: int, **kw: Any) -> ImageRecord:
-        img = ImageRecord(id=self.images[-1].id + 1 if self.images else 0, file=file, width=int(width), height=int(height), **kw)
+        img = ImageRecord(
+            id=self.images[-1].id + 1 if self.images else 0,
+            file=file,
+            width=int(width),
+            height=int(height),
+            **kw,
+        )
         self.images.append(img)
         return img
 
@@ -169,14 +180,29 @@ class Dataset:
         out = Dataset(categories=list(self.categories), root=self.root, info=dict(self.info))
         for img in keep:
             out.images.append(
-                ImageRecord(remap[img.id], img.file, img.width, img.height, img.sha256,
-                            dict(img.tags), img.split, img.location)
+                ImageRecord(
+                    remap[img.id],
+                    img.file,
+                    img.width,
+                    img.height,
+                    img.sha256,
+                    dict(img.tags),
+                    img.split,
+                    img.location,
+                )
             )
         for a in self.annotations:
             if a.image_id in remap:
                 out.annotations.append(
-                    Annotation(len(out.annotations), remap[a.image_id], a.box, a.category_id,
-                               a.annotator, a.iscrowd, dict(a.attributes))
+                    Annotation(
+                        len(out.annotations),
+                        remap[a.image_id],
+                        a.box,
+                        a.category_id,
+                        a.annotator,
+                        a.iscrowd,
+                        dict(a.attributes),
+                    )
                 )
         return out
 

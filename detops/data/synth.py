@@ -506,7 +506,9 @@ def synthesize(out_dir: str | os.PathLike[str], n: int, seed: int,
     root = Path(out_dir)
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
+    if not workers:  # the CPUs this process may run on, which a container can restrict
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
     results: list[dict[str, Any]] = []
     if workers == 1 or n <= 4:
         for i in range(n):

@@ -115,9 +115,15 @@ def scan_files(
             infos[i], problems[i] = info, problem
             if info is not None and st is not None:
                 fresh.append(
-                    dict(path=keys[i], size=st.st_size, mtime_ns=st.st_mtime_ns,
-                         sha256=info.sha256, width=info.width, height=info.height,
-                         format=info.format)
+                    dict(
+                        path=keys[i],
+                        size=st.st_size,
+                        mtime_ns=st.st_mtime_ns,
+                        sha256=info.sha256,
+                        width=info.width,
+                        height=info.height,
+                        format=info.format,
+                    )
                 )
             done += 1
             if progress and (done % 256 == 0 or done == len(paths)):
@@ -126,7 +132,9 @@ def scan_files(
         with ws.db.write() as conn:
             for start in range(0, len(fresh), 500):
                 chunk = fresh[start : start + 500]
-                conn.execute(delete(file_cache).where(file_cache.c.path.in_([r["path"] for r in chunk])))
+                conn.execute(
+                    delete(file_cache).where(file_cache.c.path.in_([r["path"] for r in chunk]))
+                )
                 conn.execute(insert(file_cache), chunk)
     return infos, problems
 
@@ -165,7 +173,9 @@ def manifest_of(ds: Dataset) -> dict[str, Any]:
                 "annotations": anns,
             }
         )
-    images.sort(key=lambda d: (d["sha256"], json.dumps(d["annotations"], sort_keys=True), d["file"]))
+    images.sort(
+        key=lambda d: (d["sha256"], json.dumps(d["annotations"], sort_keys=True), d["file"])
+    )
     return {
         "format": MANIFEST_FORMAT,
         "categories": [{"name": c.name, "supercategory": c.supercategory} for c in ds.categories],
@@ -194,20 +204,32 @@ def dataset_from_manifest(manifest: dict[str, Any], locate: Callable[[str], str]
     ]
     for im in manifest["images"]:
         img = ImageRecord(
-            id=len(ds.images), file=im["file"], width=im["width"], height=im["height"],
-            sha256=im["sha256"], tags=dict(im.get("tags") or {}), split=im.get("split"),
+            id=len(ds.images),
+            file=im["file"],
+            width=im["width"],
+            height=im["height"],
+            sha256=im["sha256"],
+            tags=dict(im.get("tags") or {}),
+            split=im.get("split"),
             location=locate(im["sha256"]),
         )
         ds.images.append(img)
         for a in im["annotations"]:
             ds.annotations.append(
-                Annotation(len(ds.annotations), img.id, tuple(a["box"]), a["category"],  # type: ignore[arg-type]
-                           a.get("annotator"), bool(a.get("iscrowd")), dict(a.get("attributes") or {}))
+                Annotation(
+                    len(ds.annotations),
+                    img.id,
+                    tuple(a["box"]),
+                    a["category"],  # type: ignore[arg-type]
+                    a.get("annotator"),
+                    bool(a.get("iscrowd")),
+                    dict(a.get("attributes") or {}),
+                )
             )
     return ds
 
 
-# -- sanitising on import ----------------------------------------------------------------------------
+# -- sanitising on import ---------------------------------------------------------------
 def sanitize(ds: Dataset) -> None:
     """Clip boxes to their image and drop boxes that are empty or not finite, recording each."""
     kept: list[Annotation] = []
@@ -219,16 +241,25 @@ def sanitize(ds: Dataset) -> None:
             ds.loss.add("box_dropped", img.file, record, f"box {list(a.box)} is not finite")
             continue
         x1, y1, x2, y2 = a.box
-        c = (min(max(x1, 0.0), img.width), min(max(y1, 0.0), img.height),
-             min(max(x2, 0.0), img.width), min(max(y2, 0.0), img.height))
+        c = (
+            min(max(x1, 0.0), img.width),
+            min(max(y1, 0.0), img.height),
+            min(max(x2, 0.0), img.width),
+            min(max(y2, 0.0), img.height),
+        )
         if c != a.box:
-            ds.loss.add("box_clipped", img.file, record,
-                        f"box {[round(v, 3) for v in a.box]} clipped to the image "
-                        f"({img.width}x{img.height}): {[round(v, 3) for v in c]}")
+            ds.loss.add(
+                "box_clipped",
+                img.file,
+                record,
+                f"box {[round(v, 3) for v in a.box]} clipped to the image "
+                f"({img.width}x{img.height}): {[round(v, 3) for v in c]}",
+            )
             a.box = c
         if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
-            ds.loss.add("box_dropped", img.file, record,
-                        f"box {[round(v, 3) for v in c]} has no area")
+            ds.loss.add(
+                "box_dropped", img.file, record, f"box {[round(v, 3) for v in c]} has no area"
+            )
             continue
         kept.append(a)
     ds.annotations = kept
@@ -256,18 +287,34 @@ class DatasetVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ref": self.ref, "name": self.name, "version": self.version, "digest": self.digest,
-            "images": self.n_images, "annotations": self.n_annotations,
-            "categories": self.n_categories, "source": self.source,
-            "source_format": self.source_format, "created_at": str(self.created_at),
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "digest": self.digest,
+            "images": self.n_images,
+            "annotations": self.n_annotations,
+            "categories": self.n_categories,
+            "source": self.source,
+            "source_format": self.source_format,
+            "created_at": str(self.created_at),
             "loss": (self.loss_report or {}).get("counts", {}),
         }
 
 
 def _row_to_version(row: Any, created: bool = False) -> DatasetVersion:
     return DatasetVersion(
-        row.name, row.version, row.digest, row.manifest, row.n_images, row.n_annotations,
-        row.n_categories, row.source, row.source_format, row.loss_report, row.created_at, created,
+        row.name,
+        row.version,
+        row.digest,
+        row.manifest,
+        row.n_images,
+        row.n_annotations,
+        row.n_categories,
+        row.source,
+        row.source_format,
+        row.loss_report,
+        row.created_at,
+        created,
     )
 
 
@@ -286,25 +333,33 @@ def add_dataset(
     check_name(name, "dataset name")
     paths = [ds.image_path(img) for img in ds.images]
     infos, problems = scan_files(
-        ws, paths, workers=ws.settings.data.workers if workers is None else workers,
+        ws,
+        paths,
+        workers=ws.settings.data.workers if workers is None else workers,
         progress=progress,
     )
     for img, info, problem in zip(ds.images, infos, problems, strict=True):
         if info is None:
             raise FormatError(ds.image_path(img), f"image {img.id} ({img.file})", problem or "?")
         if (img.width, img.height) != (info.width, info.height):
-            ds.loss.add("size_corrected", img.file, f"image {img.id}",
-                        f"declared {img.width}x{img.height}, file is {info.width}x{info.height}; "
-                        "the file's size is kept")
+            ds.loss.add(
+                "size_corrected",
+                img.file,
+                f"image {img.id}",
+                f"declared {img.width}x{img.height}, file is {info.width}x{info.height}; "
+                "the file's size is kept",
+            )
             img.width, img.height = info.width, info.height
         img.sha256 = info.sha256
         if not keep_splits or img.split is None:
             img.split = split_for(info.sha256, ws.settings.data.split)
     for a in ds.annotations:
         if not 0 <= a.category_id < len(ds.categories):
-            raise FormatError(source or "dataset", f"annotation {a.id}",
-                              f"category id {a.category_id} is not one of the "
-                              f"{len(ds.categories)} categories")
+            raise FormatError(
+                source or "dataset",
+                f"annotation {a.id}",
+                f"category id {a.category_id} is not one of the {len(ds.categories)} categories",
+            )
     sanitize(ds)
     manifest = manifest_of(ds)
     digest = manifest_digest(manifest)
@@ -338,10 +393,17 @@ def add_dataset(
                 select(func.max(dataset_versions.c.version)).where(dataset_versions.c.name == name)
             ).scalar()
             values = dict(
-                name=name, version=int(latest or 0) + 1, digest=digest, manifest=manifest_id,
-                n_images=len(ds.images), n_annotations=len(ds.annotations),
-                n_categories=len(ds.categories), source=source, source_format=source_format,
-                loss_report=loss, created_at=utcnow(),
+                name=name,
+                version=int(latest or 0) + 1,
+                digest=digest,
+                manifest=manifest_id,
+                n_images=len(ds.images),
+                n_annotations=len(ds.annotations),
+                n_categories=len(ds.categories),
+                source=source,
+                source_format=source_format,
+                loss_report=loss,
+                created_at=utcnow(),
             )
             conn.execute(insert(dataset_versions).values(**values))
         written.clear()
@@ -382,11 +444,20 @@ def get_version(ws: Workspace, ref: str | Ref) -> DatasetVersion:
     with ws.db.read() as conn:
         row = conn.execute(q).first()
         if row is None:
-            known = [f"{n}@v{v}" for n, v in conn.execute(
-                select(dataset_versions.c.name, func.max(dataset_versions.c.version))
-                .group_by(dataset_versions.c.name))]
+            known = [
+                f"{n}@v{v}"
+                for n, v in conn.execute(
+                    select(dataset_versions.c.name, func.max(dataset_versions.c.version)).group_by(
+                        dataset_versions.c.name
+                    )
+                )
+            ]
     if row is None:
-        hint = f"known: {', '.join(known)}" if known else "no datasets yet; add one with `detops data add`"
+        hint = (
+            f"known: {', '.join(known)}"
+            if known
+            else "no datasets yet; add one with `detops data add`"
+        )
         raise DatasetNotFound(f"dataset {r} not found ({hint})")
     return _row_to_version(row)
 
@@ -426,18 +497,26 @@ def diff_versions(a: Dataset, b: Dataset) -> dict[str, Any]:
         la, lb = ia[key][1], ib[key][1]
         if la != lb:
             sa, sb = _multiset(la), _multiset(lb)
-            changed.append({
-                "image": ib[key][0].file, "sha256": key,
-                "labels_added": _expand(sb - sa), "labels_removed": _expand(sa - sb),
-            })
+            changed.append(
+                {
+                    "image": ib[key][0].file,
+                    "sha256": key,
+                    "labels_added": _expand(sb - sa),
+                    "labels_removed": _expand(sa - sb),
+                }
+            )
     return {
         "images_added": [ib[k][0].file for k in added],
         "images_removed": [ia[k][0].file for k in removed],
         "images_changed": changed,
         "categories_added": sorted(set(b.category_names) - set(a.category_names)),
         "categories_removed": sorted(set(a.category_names) - set(b.category_names)),
-        "summary": {"added": len(added), "removed": len(removed), "changed": len(changed),
-                    "unchanged": len(set(ia) & set(ib)) - len(changed)},
+        "summary": {
+            "added": len(added),
+            "removed": len(removed),
+            "changed": len(changed),
+            "unchanged": len(set(ia) & set(ib)) - len(changed),
+        },
     }
 
 

@@ -144,7 +144,8 @@ class Detector(nn.Module):
         nn.init.normal_(self.ltrb.weight, std=0.01)
         nn.init.constant_(self.ltrb.bias, 1.0)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, x: Tensor) -> Tensor:
+        """The stride-4 map both heads read."""
         x = self.stem(x)
         feats = []
         for stage in self.stages:
@@ -154,6 +155,10 @@ class Detector(nn.Module):
         for i in range(len(feats) - 2, -1, -1):
             y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.lateral[i](feats[i])
             y = self.smooth[i](y)
+        return y
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.features(x)
         heat = self.heat(self.heat_trunk(y))
         ltrb = F.relu(self.ltrb(self.ltrb_trunk(y))) * self.config.ltrb_scale
         return heat, ltrb
@@ -168,7 +173,8 @@ def decode(heat_logits: Tensor, ltrb: Tensor, stride: int, top_k: int = 100) -> 
     heat = torch.sigmoid(heat_logits.float())
     peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = heat * (peaks == heat).to(heat.dtype)
-    k = min(top_k, nc * h * w)
+    # while tracing, shapes are tensors: K is taken as given (export_onnx checks it fits)
+    k = top_k if torch.jit.is_tracing() else min(top_k, nc * h * w)
     scores, idx = torch.topk(heat.reshape(b, nc * h * w), k, dim=1)
     cls = torch.div(idx, h * w, rounding_mode="floor")
     pos = idx - cls * (h * w)

@@ -42,16 +42,33 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ref": self.ref, "name": self.name, "version": self.version, "onnx_sha256": self.onnx,
-            "aliases": list(self.aliases), "run_id": self.run_id, "lineage": self.lineage,
-            "evaluation": self.evaluation, "spec": self.spec, "description": self.description,
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "onnx_sha256": self.onnx,
+            "aliases": list(self.aliases),
+            "run_id": self.run_id,
+            "lineage": self.lineage,
+            "evaluation": self.evaluation,
+            "spec": self.spec,
+            "description": self.description,
             "created_at": str(self.created_at),
         }
 
 
 def _row(r: Any, aliases: tuple[str, ...] = ()) -> ModelVersion:
-    return ModelVersion(r.name, r.version, r.onnx, r.spec, r.run_id, r.lineage, r.evaluation,
-                        r.description, r.created_at, aliases)
+    return ModelVersion(
+        r.name,
+        r.version,
+        r.onnx,
+        r.spec,
+        r.run_id,
+        r.lineage,
+        r.evaluation,
+        r.description,
+        r.created_at,
+        aliases,
+    )
 
 
 def register_model(
@@ -88,8 +105,14 @@ def register_model(
             select(func.max(model_versions.c.version)).where(model_versions.c.name == name)
         ).scalar()
         values = dict(
-            name=name, version=int(latest or 0) + 1, onnx=digest, spec=spec_dict, run_id=run_id,
-            lineage=lineage or {}, evaluation=evaluation, description=description,
+            name=name,
+            version=int(latest or 0) + 1,
+            onnx=digest,
+            spec=spec_dict,
+            run_id=run_id,
+            lineage=lineage or {},
+            evaluation=evaluation,
+            description=description,
             created_at=utcnow(),
         )
         conn.execute(insert(model_versions).values(**values))
@@ -97,8 +120,11 @@ def register_model(
 
 
 def _aliases_of(conn: Any, name: str, version: int) -> tuple[str, ...]:
-    rows = conn.execute(select(model_aliases.c.alias).where(
-        model_aliases.c.name == name, model_aliases.c.version == version))
+    rows = conn.execute(
+        select(model_aliases.c.alias).where(
+            model_aliases.c.name == name, model_aliases.c.version == version
+        )
+    )
     return tuple(sorted(r.alias for r in rows))
 
 
@@ -108,18 +134,32 @@ def get_model(ws: Workspace, ref: str | Ref) -> ModelVersion:
     with ws.db.read() as conn:
         version = r.version
         if r.alias is not None:
-            version = conn.execute(select(model_aliases.c.version).where(
-                model_aliases.c.name == r.name, model_aliases.c.alias == r.alias)).scalar()
+            version = conn.execute(
+                select(model_aliases.c.version).where(
+                    model_aliases.c.name == r.name, model_aliases.c.alias == r.alias
+                )
+            ).scalar()
             if version is None:
-                known = [a for (a,) in conn.execute(select(model_aliases.c.alias).where(
-                    model_aliases.c.name == r.name))]
+                known = [
+                    a
+                    for (a,) in conn.execute(
+                        select(model_aliases.c.alias).where(model_aliases.c.name == r.name)
+                    )
+                ]
                 raise ModelNotFound(
                     f"model {r}: no alias {r.alias!r}"
-                    + (f" (aliases: {', '.join(sorted(known))})" if known else
-                       f"; set one with `detops models alias {r.name}@vN {r.alias}`"))
+                    + (
+                        f" (aliases: {', '.join(sorted(known))})"
+                        if known
+                        else f"; set one with `detops models alias {r.name}@vN {r.alias}`"
+                    )
+                )
         q = select(model_versions).where(model_versions.c.name == r.name)
-        q = (q.where(model_versions.c.version == version) if version is not None
-             else q.order_by(model_versions.c.version.desc()).limit(1))
+        q = (
+            q.where(model_versions.c.version == version)
+            if version is not None
+            else q.order_by(model_versions.c.version.desc()).limit(1)
+        )
         row = conn.execute(q).first()
         if row is None:
             names = sorted({n for (n,) in conn.execute(select(model_versions.c.name))})
@@ -136,39 +176,70 @@ def list_models(ws: Workspace, name: str | None = None) -> list[ModelVersion]:
         return [_row(r, _aliases_of(conn, r.name, r.version)) for r in conn.execute(q)]
 
 
-def set_alias(ws: Workspace, ref: str, alias: str, *, actor: str | None = None) -> tuple[int | None, int]:
+def set_alias(
+    ws: Workspace, ref: str, alias: str, *, actor: str | None = None
+) -> tuple[int | None, int]:
     """Point ``NAME@alias`` at the version ``ref`` names; returns (previous, new) versions."""
     target = get_model(ws, ref)
     parsed = parse_ref(f"{target.name}@{alias}")
     if parsed.alias is None:
         from detops.errors import InvalidReference
 
-        raise InvalidReference(f"{alias!r} cannot be an alias (use letters, digits, '_' or '-', "
-                               "starting with a letter, and not vN)")
+        raise InvalidReference(
+            f"{alias!r} cannot be an alias (use letters, digits, '_' or '-', "
+            "starting with a letter, and not vN)"
+        )
     now = utcnow()
     actor = actor or os.environ.get("USER") or "unknown"
     with ws.db.write() as conn:
-        previous = conn.execute(select(model_aliases.c.version).where(
-            model_aliases.c.name == target.name, model_aliases.c.alias == alias)).scalar()
+        previous = conn.execute(
+            select(model_aliases.c.version).where(
+                model_aliases.c.name == target.name, model_aliases.c.alias == alias
+            )
+        ).scalar()
         if previous is None:
-            conn.execute(insert(model_aliases).values(
-                name=target.name, alias=alias, version=target.version, updated_at=now))
+            conn.execute(
+                insert(model_aliases).values(
+                    name=target.name, alias=alias, version=target.version, updated_at=now
+                )
+            )
         else:
-            conn.execute(update(model_aliases).where(
-                model_aliases.c.name == target.name, model_aliases.c.alias == alias,
-            ).values(version=target.version, updated_at=now))
-        conn.execute(insert(alias_events).values(
-            name=target.name, alias=alias, from_version=previous, to_version=target.version,
-            actor=actor, at=now))
+            conn.execute(
+                update(model_aliases)
+                .where(
+                    model_aliases.c.name == target.name,
+                    model_aliases.c.alias == alias,
+                )
+                .values(version=target.version, updated_at=now)
+            )
+        conn.execute(
+            insert(alias_events).values(
+                name=target.name,
+                alias=alias,
+                from_version=previous,
+                to_version=target.version,
+                actor=actor,
+                at=now,
+            )
+        )
     return previous, target.version
 
 
 def alias_history(ws: Workspace, name: str) -> list[dict[str, Any]]:
     with ws.db.read() as conn:
-        rows = conn.execute(select(alias_events).where(alias_events.c.name == name)
-                            .order_by(alias_events.c.id))
-        return [{"alias": r.alias, "from": r.from_version, "to": r.to_version,
-                 "actor": r.actor, "at": str(r.at)} for r in rows]
+        rows = conn.execute(
+            select(alias_events).where(alias_events.c.name == name).order_by(alias_events.c.id)
+        )
+        return [
+            {
+                "alias": r.alias,
+                "from": r.from_version,
+                "to": r.to_version,
+                "actor": r.actor,
+                "at": str(r.at),
+            }
+            for r in rows
+        ]
 
 
 def onnx_path(ws: Workspace, mv: ModelVersion) -> Path:
@@ -184,5 +255,6 @@ def load_runtime(ws: Workspace, ref: str | ModelVersion, **runtime_options: Any)
 
     mv = ref if isinstance(ref, ModelVersion) else get_model(ws, ref)
     path = ws.artifacts.path(mv.onnx)
-    return Runtime(path, ModelSpec.model_validate(mv.spec), expected_sha256=mv.onnx,
-                   **runtime_options)
+    return Runtime(
+        path, ModelSpec.model_validate(mv.spec), expected_sha256=mv.onnx, **runtime_options
+    )

@@ -104,27 +104,56 @@ class Run:
 
 
 def _row(r: Any) -> Run:
-    return Run(r.id, r.status, r.dataset, r.dataset_digest, r.params, r.code, r.environment,
-               r.metrics or [], r.evaluation, r.artifacts or {}, r.error, r.started_at,
-               r.finished_at, r.duration_s)
+    return Run(
+        r.id,
+        r.status,
+        r.dataset,
+        r.dataset_digest,
+        r.params,
+        r.code,
+        r.environment,
+        r.metrics or [],
+        r.evaluation,
+        r.artifacts or {},
+        r.error,
+        r.started_at,
+        r.finished_at,
+        r.duration_s,
+    )
 
 
 class RunRecorder:
     """Writes one run to the store as it progresses."""
 
-    def __init__(self, ws: Workspace, *, dataset: str, dataset_digest: str,
-                 params: dict[str, Any], run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        *,
+        dataset: str,
+        dataset_digest: str,
+        params: dict[str, Any],
+        run_id: str | None = None,
+    ) -> None:
         self.ws = ws
         self.id = run_id or uuid.uuid4().hex[:12]
         self.metrics: list[dict[str, Any]] = []
         self.artifacts: dict[str, str] = {}
         self._t0 = utcnow()
         with ws.db.write() as conn:
-            conn.execute(insert(runs).values(
-                id=self.id, status="running", dataset=dataset, dataset_digest=dataset_digest,
-                params=params, code=code_version(ws.root), environment=environment(),
-                metrics=[], artifacts={}, started_at=self._t0,
-            ))
+            conn.execute(
+                insert(runs).values(
+                    id=self.id,
+                    status="running",
+                    dataset=dataset,
+                    dataset_digest=dataset_digest,
+                    params=params,
+                    code=code_version(ws.root),
+                    environment=environment(),
+                    metrics=[],
+                    artifacts={},
+                    started_at=self._t0,
+                )
+            )
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         self.metrics.append(metrics)
@@ -136,15 +165,28 @@ class RunRecorder:
         self.artifacts[role] = digest
         return digest
 
-    def finish(self, evaluation: dict[str, Any] | None, *, status: str = "finished",
-               error: str | None = None) -> Run:
+    def finish(
+        self,
+        evaluation: dict[str, Any] | None,
+        *,
+        status: str = "finished",
+        error: str | None = None,
+    ) -> Run:
         end = utcnow()
         with self.ws.db.write() as conn:
-            conn.execute(update(runs).where(runs.c.id == self.id).values(
-                status=status, evaluation=evaluation, artifacts=self.artifacts, error=error,
-                finished_at=end, duration_s=(end - self._t0).total_seconds(),
-                metrics=self.metrics,
-            ))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == self.id)
+                .values(
+                    status=status,
+                    evaluation=evaluation,
+                    artifacts=self.artifacts,
+                    error=error,
+                    finished_at=end,
+                    duration_s=(end - self._t0).total_seconds(),
+                    metrics=self.metrics,
+                )
+            )
         return get_run(self.ws, self.id)
 
 

@@ -367,10 +367,12 @@ def train(
     out_dir: str | os.PathLike[str],
     progress: ProgressFn | None = None,
     resume: bool = False,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> TrainResult:
     """Train the default detector; see the module docstring for annotators, seeds and budget.
 
-    ``progress(epoch, step, total_steps, loss, eta_seconds)`` is called after every step.
+    ``progress(epoch, step, total_steps, loss, eta_seconds)`` is called after every step and
+    ``on_epoch(metrics)`` after every epoch.
     """
     cfg = config or TrainConfig()
     out = Path(out_dir)
@@ -472,6 +474,8 @@ def train(
             ap, ap50 = float(stats["AP"]), float(stats["AP50"])
         seconds = time.monotonic() - t_epoch
         history.append(EpochMetrics(epoch, float(np.mean(losses)), lr, seconds, ap, ap50))
+        if on_epoch is not None:
+            on_epoch(history[-1])
         improved = ap is not None and ap > best_ap
         if improved:
             best_ap, best_epoch, since_best = ap, epoch, 0

@@ -10,7 +10,8 @@ def test_help_starts_without_heavy_imports():
         "import sys, runpy; sys.argv=['detops','--help']\n"
         "try:\n runpy.run_module('detops', run_name='__main__')\n"
         "except SystemExit: pass\n"
-        "heavy=[m for m in ('torch','onnxruntime','matplotlib','sqlalchemy','scipy') if m in sys.modules]\n"
+        "heavy=[m for m in ('torch','onnxruntime','matplotlib','sqlalchemy','scipy')\n"
+        "       if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -45,8 +46,16 @@ def test_no_workspace_is_said_clearly(detops, tmp_path):
 def test_config_show_prints_each_source(detops, tmp_path):
     detops("init", str(tmp_path))
     (tmp_path / "detops.yaml").write_text("data:\n  workers: 2\n  split: {train: 0.5, val: 0.5}\n")
-    out = json.loads(detops("config", "show", "--json", "--workspace", str(tmp_path),
-                            env={"DETOPS_DATA_VOC_ONE_BASED": "false"}).stdout)
+    out = json.loads(
+        detops(
+            "config",
+            "show",
+            "--json",
+            "--workspace",
+            str(tmp_path),
+            env={"DETOPS_DATA_VOC_ONE_BASED": "false"},
+        ).stdout
+    )
     s = out["settings"]
     assert s["data.workers"] == {"value": 2, "source": "detops.yaml"}
     assert s["data.voc_one_based"] == {"value": False, "source": "env DETOPS_DATA_VOC_ONE_BASED"}
@@ -57,8 +66,11 @@ def test_config_show_prints_each_source(detops, tmp_path):
 
 def test_detops_home_selects_the_workspace(detops, tmp_path):
     detops("init", str(tmp_path / "ws"))
-    out = json.loads(detops("config", "show", "--json", cwd=tmp_path,
-                            env={"DETOPS_HOME": str(tmp_path / "ws")}).stdout)
+    out = json.loads(
+        detops(
+            "config", "show", "--json", cwd=tmp_path, env={"DETOPS_HOME": str(tmp_path / "ws")}
+        ).stdout
+    )
     assert out["workspace"] == str(tmp_path / "ws")
 
 

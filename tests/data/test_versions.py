@@ -1,4 +1,6 @@
-"""Dataset versions: content identity, stored once, stable splits, diff, failed adds store nothing."""
+"""Dataset versions: content identity, stored once, stable splits, diff, failed adds
+store nothing.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from detops.store.schema import dataset_versions, file_cache
 from detops.workspace import Workspace, init_workspace
 
 
-def make_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (40, 30)) -> list[Path]:
+def make_images(
+    folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (40, 30)
+) -> list[Path]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -38,8 +42,11 @@ def make_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (40
 
 
 def make_dataset(folder: Path, n_images: int = 5, seed: int = 0, write: bool = True) -> Dataset:
-    paths = make_images(folder, n_images, seed) if write else [
-        folder / f"img{i:03d}.png" for i in range(n_images)]
+    paths = (
+        make_images(folder, n_images, seed)
+        if write
+        else [folder / f"img{i:03d}.png" for i in range(n_images)]
+    )
     ds = Dataset(categories=[Category(0, "a"), Category(1, "b")], root=folder)
     for i, p in enumerate(paths):
         img = ds.add_image(p.name, 40, 30)

@@ -46,8 +46,11 @@ def test_processes_opening_a_new_store_at_once_do_not_race(tmp_path):
     for p in procs:
         p.join(timeout=60)
     assert results == [("ok", MIGRATIONS[-1][0])] * n
-    rows = sqlite3.connect(tmp_path / "race.db").execute(
-        "SELECT version FROM schema_version").fetchall()
+    rows = (
+        sqlite3.connect(tmp_path / "race.db")
+        .execute("SELECT version FROM schema_version")
+        .fetchall()
+    )
     assert sorted(r[0] for r in rows) == [m[0] for m in MIGRATIONS]  # each applied once
 
 
@@ -61,8 +64,11 @@ def test_concurrent_writers_queue_instead_of_failing(tmp_path):
                 with store.write() as conn:
                     # read-then-write: deferred transactions would deadlock here
                     conn.execute(select(key_values)).all()
-                    conn.execute(insert(key_values).values(key=f"{i}-{j}", value={"i": i},
-                                                           updated_at=utcnow()))
+                    conn.execute(
+                        insert(key_values).values(
+                            key=f"{i}-{j}", value={"i": i}, updated_at=utcnow()
+                        )
+                    )
         except BaseException as exc:  # pragma: no cover
             errors.append(exc)
 

@@ -1,0 +1,204 @@
+"""The default detector: shapes, targets, decode, and the training loop (tiny models, 64 px)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detops.data.synth import SceneConfig, synthesize
+from detops.model.detector import (
+    Detector,
+    DetectorConfig,
+    DetectorGraph,
+    boxes_to_ltrb,
+    build_targets,
+    decode,
+    ltrb_to_boxes,
+)
+from detops.model.train import TrainConfig, load_checkpoint, train
+
+TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
+SCENE = SceneConfig(width=64, height=64, min_size=10, max_size=28, max_objects=3,
+                    distractors=1, classes=("circle", "square"))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory):
+    ds = synthesize(tmp_path_factory.mktemp("synth"), n=24, seed=3, config=SCENE, workers=1,
+                    image_format="png")
+    return ds.subset(range(16)), ds.subset(range(16, 24))
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch=8, imgsz=64, lr=5e-3, warmup_steps=1, model=TINY, workers=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nc", "size", "batch"),
+    [
+        (1, 64, 1),  # one class, smallest useful input
+        (5, 96, 2),  # non-square feature count per stage
+        (3, 320, 1),  # the default input size
+    ],
+)
+def test_forward_shapes(nc: int, size: int, batch: int) -> None:
+    model = Detector(DetectorConfig(num_classes=nc, **TINY)).eval()
+    heat, ltrb = model(torch.randn(batch, 3, size, size))
+    assert heat.shape == (batch, nc, size // 4, size // 4)
+    assert ltrb.shape == (batch, 4, size // 4, size // 4)
+    assert (ltrb >= 0).all()
+    dets = DetectorGraph(model, top_k=20)(torch.randn(batch, 3, size, size))
+    assert dets.shape == (batch, 20, 6)
+    assert ((dets[..., 5] >= 0) & (dets[..., 5] < nc)).all()
+    assert (dets[..., 5] == dets[..., 5].round()).all()
+    assert (dets[..., 4][:, :-1] >= dets[..., 4][:, 1:]).all()  # sorted by score
+
+
+def test_heat_bias_starts_at_focal_prior() -> None:
+    model = Detector(DetectorConfig(num_classes=2, **TINY)).eval()
+    heat, _ = model(torch.zeros(1, 3, 64, 64))
+    assert torch.sigmoid(heat).mean().item() == pytest.approx(0.1, abs=0.02)
+
+
+# -- targets -------------------------------------------------------------------------------------
+
+BOXES = [
+    # (box xyxy, class): centre on a cell corner, off-centre, small, large, at the border
+    ((10.0, 10.0, 30.0, 30.0), 0),
+    ((37.0, 5.0, 61.0, 19.0), 1),
+    ((2.0, 40.0, 9.0, 47.0), 2),
+    ((0.0, 0.0, 64.0, 64.0), 0),
+    ((50.0, 50.0, 64.0, 64.0), 1),
+]
+
+
+@pytest.mark.parametrize(("box", "cls"), BOXES)
+def test_heatmap_peak_at_box_centre_over_stride(box: tuple, cls: int) -> None:
+    tg = build_targets([torch.tensor([box])], [torch.tensor([cls])], 3, (64, 64), stride=4)
+    heat = tg.heat[0]
+    c, y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    assert (c, y, x) == (cls, min(int(cy // 4), 15), min(int(cx // 4), 15))
+    assert heat.max().item() == 1.0
+    assert heat[[k for k in range(3) if k != cls]].max().item() == 0.0  # other classes empty
+    assert tg.num_boxes == 1
+
+
+@pytest.mark.parametrize(("box", "cls"), BOXES)
+def test_ltrb_target_decodes_back_to_the_box(box: tuple, cls: int) -> None:
+    tg = build_targets([torch.tensor([box])], [torch.tensor([cls])], 3, (64, 64), stride=4)
+    mask = tg.weight[0] > 0
+    assert mask.any()
+    # every supervised cell's target is the box; ltrb from it decodes back to the box
+    assert torch.equal(tg.boxes[0][:, mask].T, torch.tensor([box]).expand(int(mask.sum()), 4))
+    ltrb = boxes_to_ltrb(tg.boxes, 4)
+    back = ltrb_to_boxes(ltrb, 4)[0][:, mask].T
+    torch.testing.assert_close(back, torch.tensor([box]).expand_as(back))
+    # and through the graph's decode, from a heatmap of the targets
+    logits = torch.logit(tg.heat.clamp(1e-4, 1 - 1e-4))
+    dets = decode(logits, ltrb.clamp(min=0), 4, top_k=1)[0, 0]
+    torch.testing.assert_close(dets[:4], torch.tensor(box), atol=1e-4, rtol=0)
+    assert dets[5].item() == cls
+
+
+def test_overlapping_boxes_regress_the_smaller() -> None:
+    big, small = (0.0, 0.0, 60.0, 60.0), (20.0, 20.0, 40.0, 40.0)
+    tg = build_targets([torch.tensor([big, small])], [torch.tensor([0, 1])], 2, (64, 64))
+    # the shared centre cell (7, 7) belongs to the smaller box
+    assert tg.boxes[0, :, 7, 7].tolist() == list(small)
+    assert tg.heat[0, 0, 7, 7] == 1.0 and tg.heat[0, 1, 7, 7] == 1.0
+    # each box's weights sum to log(area)
+    w = tg.weight[0]
+    owned_small = (tg.boxes[0, 2] == 40.0) & (w > 0)
+    assert w[owned_small].sum().item() == pytest.approx(math.log(400.0), rel=1e-5)
+
+
+def test_no_boxes_gives_empty_targets() -> None:
+    tg = build_targets([torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], 2, (64, 64))
+    assert tg.heat.sum() == 0 and tg.weight.sum() == 0 and tg.num_boxes == 0
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def _losses(history) -> list[float]:
+    return [m.loss for m in history]
+
+
+def test_training_decreases_loss_and_writes_checkpoints(tiny_data, tmp_path: Path) -> None:
+    train_ds, val_ds = tiny_data
+    calls = []
+    r = train(train_ds, val_ds, tiny_config(epochs=4), out_dir=tmp_path,
+              progress=lambda *a: calls.append(a))
+    losses = _losses(r.epochs)
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert len(calls) == 4 * 2 and calls[-1][:3] == (3, 2, 2)  # (epoch, step, total_steps)
+    assert calls[-1][4] == pytest.approx(0.0, abs=1e-6)  # eta at the end
+    assert r.best_path.exists() and r.last_path.exists()
+    assert all(m.ap is not None and 0 <= m.ap <= 1 for m in r.epochs)
+    model, state = load_checkpoint(r.best_path)
+    assert state["epoch"] == r.best_epoch and state["class_names"] == ["circle", "square"]
+    assert model.config.num_classes == 2
+
+
+def test_same_seed_same_losses_and_weights(tiny_data, tmp_path: Path) -> None:
+    train_ds, val_ds = tiny_data
+    a = train(train_ds, val_ds, tiny_config(epochs=2, eval_every=10), out_dir=tmp_path / "a")
+    b = train(train_ds, val_ds, tiny_config(epochs=2, eval_every=10), out_dir=tmp_path / "b")
+    c = train(train_ds, val_ds, tiny_config(epochs=2, eval_every=10, seed=1),
+              out_dir=tmp_path / "c")
+    assert _losses(a.epochs) == _losses(b.epochs)
+    assert _losses(a.epochs) != _losses(c.epochs)
+    wa, wb = torch.load(a.last_path)["model"], torch.load(b.last_path)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_to_the_uninterrupted_result(tiny_data, tmp_path: Path) -> None:
+    train_ds, val_ds = tiny_data
+    cfg = tiny_config(epochs=3)
+    full = train(train_ds, val_ds, cfg, out_dir=tmp_path / "full")
+
+    def stop_in_epoch_2(epoch: int, step: int, *_: object) -> None:
+        if epoch == 2 and step == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(train_ds, val_ds, cfg, out_dir=tmp_path / "cut", progress=stop_in_epoch_2)
+    assert torch.load(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    resumed = train(train_ds, val_ds, cfg, out_dir=tmp_path / "cut", resume=True)
+    assert [m.epoch for m in resumed.epochs] == [0, 1, 2]
+    assert _losses(resumed.epochs) == _losses(full.epochs)
+    assert [m.ap for m in resumed.epochs] == [m.ap for m in full.epochs]
+    wf, wr = torch.load(full.last_path)["model"], torch.load(resumed.last_path)["model"]
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_one_annotator_is_used(tmp_path: Path) -> None:
+    from detops.data.dataset import Category, Dataset
+    from detops.model.train import load_images
+
+    ds = Dataset(categories=[Category(0, "a")], root=tmp_path)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    img = ds.add_image("x.png", 64, 64)
+    ds.add_annotation(img.id, (1, 1, 9, 9), 0, annotator="zoe")
+    ds.add_annotation(img.id, (2, 2, 10, 10), 0, annotator="amy")
+    got = load_images(ds, 64, "amy")
+    assert got.boxes[0].tolist() == [[2.0, 2.0, 10.0, 10.0]]
+    from detops.model.train import _pick_annotator
+
+    assert _pick_annotator(ds, None) == "amy"  # first alphabetically

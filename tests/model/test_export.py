@@ -1,0 +1,100 @@
+"""ONNX export of the default detector and the PyTorch <-> ONNX Runtime parity check.
+
+Export warnings: ``export_onnx`` itself silences the two DeprecationWarnings the legacy
+(TorchScript) exporter emits about itself, so no filterwarnings mark is needed here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from detops.errors import ParityError
+from detops.model.detector import Detector, DetectorConfig, DetectorGraph, spec_dict
+from detops.model.export import export_onnx, parity_check, preprocess
+from detops.model.spec import ModelSpec
+
+TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
+SIZE = 64
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Detector, Path]:
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(num_classes=3, **TINY))
+    # random, non-trivial BN statistics so folding them into the convs is exercised
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+        model.heat.bias.uniform_(-3, 1)  # scores spread over (0, 1)
+    model.eval()
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx", imgsz=SIZE)
+    return model, path
+
+
+def test_graph_contract(exported: tuple[Detector, Path]) -> None:
+    _, path = exported
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["detections"]
+    spec = ModelSpec(**spec_dict(["a", "b", "c"], imgsz=SIZE))
+    spec.check_graph(proto)  # the runtime's own check of input and output shapes
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # the batch axis is dynamic
+def test_onnx_decode_equals_torch_decode(exported: tuple[Detector, Path], batch: int) -> None:
+    model, path = exported
+    x = preprocess(_images(batch, seed=batch), SIZE)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x})[0]
+    with torch.no_grad():
+        want = DetectorGraph(model).eval()(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape == (batch, 100, 6)
+    np.testing.assert_allclose(np.sort(got[..., 4], 1), np.sort(want[..., 4], 1), atol=1e-5)
+
+
+def test_parity_check_passes_on_random_weights(exported: tuple[Detector, Path]) -> None:
+    model, path = exported
+    report = parity_check(model, path, _images(4), imgsz=SIZE)
+    assert report.ok and report.max_abs_diff <= 1e-4
+    assert set(report.diffs) >= {"heat_logits", "ltrb_raw", "post.box_px"}
+    assert report.diffs["post.box_px"] <= 0.5
+    assert report.n_images == 4 and report.n_detections > 0
+
+
+def test_parity_check_catches_a_broken_export(
+    exported: tuple[Detector, Path], tmp_path: Path
+) -> None:
+    model, path = exported
+    proto = onnx.load(str(path))
+    conv = next(n for n in proto.graph.node if n.name == "/model/heat/Conv")
+    init = next(t for t in proto.graph.initializer if t.name == conv.input[1])
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.05
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    with pytest.raises(ParityError, match=r"heat_logits: max \|diff\| [0-9.e-]+ > tolerance 0.0001"):
+        parity_check(model, broken, _images(2), imgsz=SIZE)
+
+
+def test_spec_dict_is_a_valid_runtime_spec() -> None:
+    spec = ModelSpec(**spec_dict(["circle", "square"]))
+    assert (spec.input_width, spec.input_height, spec.resize) == (320, 320, "stretch")
+    assert spec.adapter == "detops" and spec.max_detections == 100
+    assert spec.scale == pytest.approx(1 / 255)
