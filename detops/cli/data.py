@@ -186,8 +186,14 @@ def export(
                 f"(annotators: {', '.join(ds.annotators) or 'none'})"
             )
         ds.annotations = [a for a in ds.annotations if a.annotator == annotator]
+    if fmt not in ("coco", "yolo", "voc"):
+        fail(f"--format {fmt!r}: expected coco, yolo or voc")
+    from detops.data.formats import export_losses
+
     path = save(ds, out, fmt, one_based=ws.settings.data.voc_one_based)
     typer.echo(f"wrote {ref} as {fmt} to {path}")
+    for entry in export_losses(ds, fmt).entries:
+        typer.echo(f"  not carried by {fmt}: {entry.message}")
 
 
 @data_app.command("validate")

@@ -163,7 +163,7 @@ def parity_check(
     with torch.no_grad():
         xt = torch.from_numpy(x)
         heat_t, _ = graph.model(xt)
-        ltrb_raw_t = graph.model.ltrb(graph.model.ltrb_trunk(graph.model.features(xt)))
+        ltrb_raw_t = graph.model.ltrb(graph.model.features(xt))
         dets_t = graph(xt).numpy()
     sess, extra = _session_with_heads(path)
     dets_o, heat_o, ltrb_o = sess.run(["detections", *extra], {"images": x})  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detops.data.dataset import Dataset
+from detops.data.dataset import Dataset, LossReport
 from detops.data.formats.coco import load_coco, save_coco, to_coco_dict
 from detops.data.formats.voc import load_voc, save_voc
 from detops.data.formats.yolo import load_yolo, save_yolo
@@ -26,6 +26,7 @@ from detops.errors import FormatError
 __all__ = [
     "FORMATS",
     "detect_format",
+    "export_losses",
     "load",
     "load_coco",
     "load_voc",
@@ -71,6 +72,35 @@ def load(path: str | Path, format: str | None = None, **options: Any) -> Dataset
     ``one_based`` for COCO) is ignored, so callers can pass the same options for every format.
     """
     return _call(_lookup(format or detect_format(path)), 0, options)(path)
+
+
+# What each format writes besides boxes and class names; anything else is reported by
+# ``export_losses`` before it is left out.
+_CARRIES: dict[str, dict[str, Any]] = {
+    "coco": {"tags": True, "attributes": None, "annotator": True, "iscrowd": True},
+    "voc": {"tags": False, "attributes": {"difficult", "truncated", "occluded", "pose"},
+            "annotator": True, "iscrowd": True},
+    "yolo": {"tags": False, "attributes": set(), "annotator": False, "iscrowd": False},
+}
+
+
+def export_losses(ds: Dataset, format: str) -> LossReport:
+    """What writing ``ds`` as ``format`` leaves out (image tags, attributes the format lacks)."""
+    carries = _CARRIES[format]
+    report = LossReport()
+    tagged = sum(1 for img in ds.images if img.tags)
+    if tagged and not carries["tags"]:
+        report.add("tags_dropped", format, None, f"{tagged} images' tags are not written")
+    if carries["attributes"] is not None:
+        dropped: dict[str, int] = {}
+        for a in ds.annotations:
+            for key in a.attributes:
+                if key not in carries["attributes"]:
+                    dropped[key] = dropped.get(key, 0) + 1
+        for key, n in sorted(dropped.items()):
+            report.add("attribute_dropped", format, key,
+                       f"annotation attribute {key!r} ({n} boxes) is not written")
+    return report
 
 
 def save(ds: Dataset, out: str | Path, format: str, **options: Any) -> Path:
