@@ -25,6 +25,8 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "detops.cli.workspace",
     "detops.cli.data",
+    "detops.cli.train",
+    "detops.cli.models",
     "detops.cli.quickstart",
 )
 

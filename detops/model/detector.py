@@ -158,63 +158,6 @@ class Detector(nn.Module):
             y = self.smooth[i - 1](y) if i > 0 else F.relu(y)
         return F.relu(self.trunk(y))
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.pw(self.dw(x))
-        return F.relu(y + x if self.residual else y)
-
-
-class Detector(nn.Module):
-    """Backbone + FPN + heads; ``forward`` returns ``(heat_logits, ltrb_pixels)`` at stride 4."""
-
-    def __init__(self, config: DetectorConfig) -> None:
-        super().__init__()
-        if config.stride != 4:
-            raise ValueError("Detector: only stride 4 is implemented")
-        self.config = config
-        c = config
-        self.stem = _cbr(3, c.stem, 3, 2)  # stride 2
-        stages = []
-        cin = c.stem
-        for w, d in zip(c.widths, c.depths, strict=True):
-            # a dense strided 3x3 downsamples: on CPU a strided depthwise conv's backward is
-            # several times slower than a dense conv's under bf16 (oneDNN/AMX)
-            blocks = [_cbr(cin, w, 3, 2)] + [DWBlock(w, w) for _ in range(d)]
-            stages.append(nn.Sequential(*blocks))
-            cin = w
-        self.stages = nn.ModuleList(stages)
-        # top-down path: 1x1 laterals; below stride 4 a DW block smooths each sum; at stride 4
-        # (the costliest resolution: 80x80 for 320 px) no BN, one ReLU and one dense 3x3
-        self.lateral = nn.ModuleList(nn.Conv2d(w, c.neck, 1) for w in c.widths)
-        self.smooth = nn.ModuleList(DWBlock(c.neck, c.neck) for _ in c.widths[1:-1])
-        self.trunk = nn.Conv2d(c.neck, c.head, 3, 1, 1)
-        self.heat = nn.Conv2d(c.head, c.num_classes, 1)
-        self.ltrb = nn.Conv2d(c.head, 4, 1)
-        self._init()
-
-    def _init(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.normal_(self.heat.weight, std=0.01)
-        nn.init.constant_(self.heat.bias, HEAT_BIAS)
-        nn.init.normal_(self.ltrb.weight, std=0.01)
-        nn.init.constant_(self.ltrb.bias, 1.0)
-
-    def features(self, x: Tensor) -> Tensor:
-        """The stride-4 map both heads read (after the shared 3x3 trunk)."""
-        x = self.stem(x)
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        y = self.lateral[-1](feats[-1])
-        for i in range(len(feats) - 2, -1, -1):
-            y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.lateral[i](feats[i])
-            y = self.smooth[i](y)
-        return y
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = self.features(x)
         heat = self.heat(y)

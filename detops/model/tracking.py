@@ -6,6 +6,7 @@ with its evaluation, artifacts and duration; a crash marks it ``failed`` with th
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import subprocess
@@ -155,7 +156,24 @@ class RunRecorder:
                 )
             )
 
+    @classmethod
+    def reopen(cls, ws: Workspace, run_id: str) -> RunRecorder:
+        """Continue a run (``--resume``): same id, metrics so far kept, status running again."""
+        run = get_run(ws, run_id)
+        self = cls.__new__(cls)
+        self.ws, self.id = ws, run.id
+        self.metrics, self.artifacts = list(run.metrics), dict(run.artifacts)
+        started = run.started_at
+        self._t0 = started if started.tzinfo else started.replace(tzinfo=dt.UTC)
+        with ws.db.write() as conn:
+            conn.execute(update(runs).where(runs.c.id == run.id).values(status="running",
+                                                                           error=None))
+        return self
+
     def log_epoch(self, metrics: dict[str, Any]) -> None:
+        # a resumed run replays from its checkpoint: replace epochs it logs again
+        epoch = metrics.get("epoch")
+        self.metrics = [m for m in self.metrics if m.get("epoch") != epoch or epoch is None]
         self.metrics.append(metrics)
         with self.ws.db.write() as conn:
             conn.execute(update(runs).where(runs.c.id == self.id).values(metrics=self.metrics))
