@@ -46,10 +46,13 @@ def main() -> int:
     from detops.model.export import export_onnx, parity_check
     from detops.model.train import (
         TrainConfig,
+        best_f1_threshold,
         evaluate_model,
+        gt_dict,
         load_checkpoint,
         load_images,
         normalize,
+        predict_coco,
         train,
     )
 
@@ -89,6 +92,13 @@ def main() -> int:
     model, _ = load_checkpoint(result.best_path)
     va = load_images(val_ds, cfg.imgsz, None)
     stats = evaluate_model(model, val_ds, va, amp=False)  # fp32, as exported
+    threshold, f1 = best_f1_threshold(gt_dict(val_ds, None), predict_coco(model, val_ds, va))
+    from detops.model.detector import spec_dict
+    from detops.model.spec import ModelSpec
+
+    spec = ModelSpec(**spec_dict(train_ds.category_names, imgsz=cfg.imgsz,
+                                 score_threshold=threshold))
+    spec.save(out / "spec.yaml")
 
     onnx_path = export_onnx(model, out / "model.onnx", imgsz=cfg.imgsz)
     imgs = [va.pixels[i].permute(1, 2, 0).numpy() for i in range(min(16, len(val_ds.images)))]
@@ -121,6 +131,7 @@ def main() -> int:
         ("ORT ms/image (batch 1)", f"{lat1:.2f}", "<= 8", lat1 <= 8),
         ("ORT ms/image (batch 8)", f"{lat8:.2f}", "<= 8", lat8 <= 8),
         ("parity max |diff| heads", f"{parity.max_abs_diff:.2e}", f"<= {parity.atol:g}", True),
+        ("val F1 @ IoU .5", f"{f1:.4f} @ {threshold:.2f}", "", True),
         ("parameters", f"{n_params:,}", "", True),
         ("epochs run", f"{len(result.epochs)} ({result.stopped})", "", True),
         ("amp / torch threads", f"{result.amp} / {torch.get_num_threads()}", "", True),

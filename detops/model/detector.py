@@ -33,7 +33,6 @@ score, class)`` with ``class`` a float.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -64,8 +63,8 @@ class DetectorConfig:
     """Shape of the network; everything needed to rebuild it from a checkpoint."""
 
     num_classes: int
-    widths: tuple[int, ...] = (24, 48, 80, 128)  # stride 4, 8, 16, 32 backbone channels
-    depths: tuple[int, ...] = (1, 2, 2, 2)  # extra stride-1 blocks per stage
+    widths: tuple[int, ...] = (24, 64, 128, 192)  # stride 4, 8, 16, 32 backbone channels
+    depths: tuple[int, ...] = (1, 2, 3, 2)  # extra stride-1 blocks per stage
     stem: int = 16
     neck: int = 32  # FPN channels
     head: int = 32
@@ -234,46 +233,48 @@ def build_targets(
     heat = torch.zeros(bsz, num_classes, h, w)
     tboxes = torch.zeros(bsz, 4, h, w)
     weight = torch.zeros(bsz, h, w)
-    gy = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-    gx = torch.arange(w, dtype=torch.float32).view(1, 1, w)
-    n_total = 0
-    for i, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
-        if bx.numel() == 0:
-            continue
-        bx = bx.float()
-        lb = lb.long()
-        bw = (bx[:, 2] - bx[:, 0]).clamp(min=1.0)
-        bh = (bx[:, 3] - bx[:, 1]).clamp(min=1.0)
-        m = bx.shape[0]
-        n_total += m
-        # peak cell = floor(centre / stride), clamped into the grid
-        cx = ((bx[:, 0] + bx[:, 2]) / 2 / stride).floor().clamp(0, w - 1).view(m, 1, 1)
-        cy = ((bx[:, 1] + bx[:, 3]) / 2 / stride).floor().clamp(0, h - 1).view(m, 1, 1)
-        fw, fh = (bw / stride).view(m, 1, 1), (bh / stride).view(m, 1, 1)
-        sx, sy = (alpha * fw / 6).clamp(min=0.25), (alpha * fh / 6).clamp(min=0.25)
-        g = torch.exp(-((gx - cx) ** 2) / (2 * sx**2) - ((gy - cy) ** 2) / (2 * sy**2))  # [M,h,w]
-        for c in lb.unique().tolist():
-            sel = lb == c
-            heat[i, c] = torch.maximum(heat[i, c], g[sel].amax(0))
-        # regression region: the box shrunk by beta around the peak; Gaussian with beta
-        rx, ry = beta * fw / 2, beta * fh / 2
-        inside = ((gx - cx).abs() <= rx) & ((gy - cy).abs() <= ry)
-        inside |= (gx == cx) & (gy == cy)  # the peak cell always regresses its box
-        sxr, syr = (beta * fw / 6).clamp(min=0.25), (beta * fh / 6).clamp(min=0.25)
-        gr = torch.exp(-((gx - cx) ** 2) / (2 * sxr**2) - ((gy - cy) ** 2) / (2 * syr**2))
-        gr = gr * inside
-        area = (bw * bh).view(m, 1, 1)
-        # a cell claimed by several boxes regresses the smallest
-        owner = torch.where(inside, area, torch.full_like(area, math.inf).expand(m, h, w)).argmin(0)
-        claimed = inside.any(0)
-        own = torch.zeros(m, h, w, dtype=torch.bool)
-        own.scatter_(0, owner.unsqueeze(0), True)
-        own &= inside & claimed.unsqueeze(0)
-        gr = gr * own
-        norm = gr.sum((1, 2), keepdim=True).clamp(min=1e-6)
-        wbox = gr / norm * torch.log(area.clamp(min=2.0))
-        weight[i] = wbox.sum(0)
-        tboxes[i] = bx[owner].permute(2, 0, 1) * claimed.unsqueeze(0)
+    gy = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    gx = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    counts = [int(bx.shape[0]) for bx in boxes]
+    m = max(counts, default=0)
+    n_total = sum(counts)
+    if m == 0:
+        return Targets(heat=heat, boxes=tboxes, weight=weight, num_boxes=0)
+    # one padded [B, M] batch: a padded slot has valid=False and claims nothing
+    bx = torch.zeros(bsz, m, 4)
+    lb = torch.zeros(bsz, m, dtype=torch.long)
+    for i, (b_, l_) in enumerate(zip(boxes, labels, strict=True)):
+        bx[i, : counts[i]] = b_.float().reshape(-1, 4)
+        lb[i, : counts[i]] = l_.long()
+    valid = (torch.arange(m).view(1, m) < torch.tensor(counts).view(bsz, 1)).view(bsz, m, 1, 1)
+    bw = (bx[..., 2] - bx[..., 0]).clamp(min=1.0)
+    bh = (bx[..., 3] - bx[..., 1]).clamp(min=1.0)
+    # peak cell = floor(centre / stride), clamped into the grid
+    cx = ((bx[..., 0] + bx[..., 2]) / 2 / stride).floor().clamp(0, w - 1).view(bsz, m, 1, 1)
+    cy = ((bx[..., 1] + bx[..., 3]) / 2 / stride).floor().clamp(0, h - 1).view(bsz, m, 1, 1)
+    fw, fh = (bw / stride).view(bsz, m, 1, 1), (bh / stride).view(bsz, m, 1, 1)
+    dx2, dy2 = (gx - cx) ** 2, (gy - cy) ** 2  # [B, M, 1, w], [B, M, h, 1]
+    # Gaussians are separable: exp on [B, M, h] + [B, M, w], one outer product
+    sx, sy = (alpha * fw / 6).clamp(min=0.25), (alpha * fh / 6).clamp(min=0.25)
+    g = torch.exp(-dx2 / (2 * sx**2)) * (torch.exp(-dy2 / (2 * sy**2)) * valid)  # [B,M,h,w]
+    for c in range(num_classes):
+        sel = (lb == c).view(bsz, m, 1, 1)
+        heat[:, c] = (g * sel).amax(1)
+    # regression region: the box shrunk by beta around the peak; Gaussian with beta
+    rx, ry = beta * fw / 2, beta * fh / 2
+    inside = ((gx - cx).abs() <= rx) & ((gy - cy).abs() <= ry)
+    inside = (inside | ((gx == cx) & (gy == cy))) & valid  # the peak cell always regresses
+    sxr, syr = (beta * fw / 6).clamp(min=0.25), (beta * fh / 6).clamp(min=0.25)
+    gr = torch.exp(-dx2 / (2 * sxr**2)) * torch.exp(-dy2 / (2 * syr**2))
+    # a cell claimed by several boxes regresses the smallest (ties: the first listed)
+    key = (bw * bh).view(bsz, m, 1, 1) + torch.arange(m).view(1, m, 1, 1) * 1e-3
+    masked = torch.where(inside, key, torch.full_like(key, 1e30))
+    own = inside & (masked == masked.amin(1, keepdim=True))  # [B, M, h, w], one owner a cell
+    gr = gr * own
+    norm = gr.sum((2, 3), keepdim=True).clamp(min=1e-6)
+    area = (bw * bh).view(bsz, m, 1, 1)
+    weight = (gr / norm * torch.log(area.clamp(min=2.0))).sum(1)
+    tboxes = torch.einsum("bmhw,bmc->bchw", own.float(), bx)
     return Targets(heat=heat, boxes=tboxes, weight=weight, num_boxes=n_total)
 
 

@@ -31,9 +31,7 @@ def _batches(
             if stop.is_set():
                 return
             try:
-                images = [
-                    runtime.decode_image(Path(p).read_bytes()) for p in paths[start : start + batch]
-                ]
+                images = [_decode(runtime, Path(p)) for p in paths[start : start + batch]]
                 arr, transforms = runtime.preprocess(images)
                 q.put((start, arr, transforms, None))
             except BaseException as exc:  # reported in the consumer, naming the batch
@@ -57,6 +55,15 @@ def _batches(
                 worker.join(timeout=0.05)
 
 
+def _decode(runtime: Any, path: Path) -> np.ndarray:
+    from detops.errors import ImageDecodeError
+
+    try:
+        return runtime.decode_image(path.read_bytes())
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}") from exc
+
+
 def predict_files(
     runtime: Any,
     paths: Sequence[str | Path],
@@ -66,15 +73,13 @@ def predict_files(
     progress: Progress | None = None,
 ) -> list[Detections]:
     """Detections for each image file, in order."""
-    from detops.errors import ImageDecodeError
-
     files = [Path(p) for p in paths]
     out: list[Detections] = []
-    for start, arr, transforms, error in _batches(runtime, files, max(1, batch)):
+    # a graph exported with a static batch size takes at most that many images per run
+    step = max(1, min(batch, runtime.max_batch or batch))
+    for _start, arr, transforms, error in _batches(runtime, files, step):
         if error is not None:
-            if isinstance(error, ImageDecodeError):
-                raise ImageDecodeError(f"{files[start]}..: {error}") from error
-            raise error
+            raise error  # an ImageDecodeError already names its file
         if runtime.max_batch is not None and len(transforms) < runtime.max_batch:
             fill = np.zeros((runtime.max_batch - len(transforms), *arr.shape[1:]), np.float32)
             arr = np.concatenate([arr, fill])

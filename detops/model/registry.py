@@ -92,6 +92,9 @@ def register_model(
     model_spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
     try:
         graph = onnx_lib.load_from_string(data)
+        # protobuf parses many non-ONNX byte strings (e.g. an empty file) into an empty message
+        if graph.ir_version == 0 or not graph.HasField("graph"):
+            raise ValueError("no ONNX model in the file (no IR version or no graph)")
     except Exception as exc:
         from detops.errors import ModelError
 

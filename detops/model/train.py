@@ -52,7 +52,18 @@ from detops.model.detector import (
     detector_loss,
 )
 
-__all__ = ["EpochMetrics", "TrainConfig", "TrainResult", "evaluate_model", "load_images", "train"]
+__all__ = [
+    "EpochMetrics",
+    "TrainConfig",
+    "TrainResult",
+    "best_f1_threshold",
+    "evaluate_model",
+    "gt_dict",
+    "load_checkpoint",
+    "load_images",
+    "predict_coco",
+    "train",
+]
 
 ProgressFn = Callable[[int, int, int, float, float], None]
 
@@ -64,7 +75,7 @@ class TrainConfig:
     epochs: int = 60
     lr: float = 4e-3
     weight_decay: float = 1e-4
-    batch: int = 32
+    batch: int = 16
     imgsz: int = 320
     seed: int = 0
     workers: int = 0  # torch threads; 0 = os.cpu_count()
@@ -73,7 +84,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp32"] = "auto"
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     annotator: str | None = None
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     box_weight: float = 5.0
     # augmentation
     hflip: float = 0.5
@@ -238,7 +249,7 @@ def _augment(
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def _gt_dict(ds: Dataset, annotator: str | None) -> dict[str, Any]:
+def gt_dict(ds: Dataset, annotator: str | None) -> dict[str, Any]:
     anns = []
     for a in ds.annotations:
         if a.annotator != annotator:
@@ -285,6 +296,29 @@ def predict_rows(
     return np.concatenate(out) if out else np.zeros((0, 100, 6), np.float32)
 
 
+def predict_coco(
+    model: Detector,
+    ds: Dataset,
+    images: _Images,
+    *,
+    amp: bool = False,
+    score_threshold: float = 0.01,
+    nms_iou: float = 0.5,
+) -> list[dict[str, Any]]:
+    """COCO results (``bbox`` xywh in original pixels) with the graph's decode + runtime NMS."""
+    rows = predict_rows(model, images.pixels, amp=amp)
+    preds = []
+    for i, rec in enumerate(ds.images):
+        kept = postprocess(rows[i], score_threshold, nms_iou)
+        sx, sy = images.scale[i]
+        for x1, y1, x2, y2, score, cls in kept.tolist():
+            preds.append({
+                "image_id": rec.id, "category_id": int(cls), "score": float(score),
+                "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
+            })
+    return preds
+
+
 def evaluate_model(
     model: Detector,
     ds: Dataset,
@@ -301,17 +335,24 @@ def evaluate_model(
 
     if images is None:
         images = load_images(ds, imgsz, annotator)
-    rows = predict_rows(model, images.pixels, amp=amp)
-    preds = []
-    for i, rec in enumerate(ds.images):
-        kept = postprocess(rows[i], score_threshold, nms_iou)
-        sx, sy = images.scale[i]
-        for x1, y1, x2, y2, score, cls in kept.tolist():
-            preds.append({
-                "image_id": rec.id, "category_id": int(cls), "score": float(score),
-                "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
-            })
-    return dict(evaluate_coco(_gt_dict(ds, annotator), preds).stats)
+    preds = predict_coco(model, ds, images, amp=amp, score_threshold=score_threshold,
+                         nms_iou=nms_iou)
+    return dict(evaluate_coco(gt_dict(ds, annotator), preds).stats)
+
+
+def best_f1_threshold(
+    gt: dict[str, Any], preds: list[dict[str, Any]], candidates: Any = None
+) -> tuple[float, float]:
+    """The score threshold (from ``candidates``, default 0.05..0.95) maximising F1 at IoU 0.5."""
+    from detops.evaluate import precision_recall_f1
+
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
+    best = (0.3, -1.0)
+    for t in grid:
+        f1 = precision_recall_f1(gt, preds, float(t)).f1
+        if f1 > best[1]:
+            best = (float(t), float(f1))
+    return best
 
 
 # -- the loop -----------------------------------------------------------------------------------

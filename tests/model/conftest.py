@@ -102,6 +102,46 @@ def make_classifier_model(num_classes: int = 10, *, width: int = 320, height: in
     )
 
 
+def make_mean_box_model(
+    *,
+    width: int = 320,
+    height: int = 320,
+    batch: Dim = "B",
+    score: float = 0.9,
+    gain: float = 20.0,
+    offset: float = 2.0,
+) -> bytes:
+    """A ``detops``-layout detector whose one detection depends on the input image.
+
+    ``detections [B, 1, 6]`` = ``(0, 0, s, s, score, 0)`` with ``s = offset + gain * m`` and ``m``
+    the mean of that image's network input, so different images give different boxes (to
+    check that batching keeps each image's own result, in order).
+    """
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),  # [B, 1]
+        helper.make_node("Mul", ["m1", "kgain"], ["mg"]),
+        helper.make_node("Add", ["mg", "koffset"], ["s"]),
+        helper.make_node("Mul", ["s", "k0"], ["zero"]),
+        helper.make_node("Add", ["zero", "kscore"], ["sc"]),
+        helper.make_node("Concat", ["zero", "zero", "s", "s", "sc", "zero"], ["row"], axis=1),
+        helper.make_node("Unsqueeze", ["row", "axis1"], ["detections"]),  # [B, 1, 6]
+    ]
+    consts = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(gain, np.float32), "kgain"),
+        numpy_helper.from_array(np.array(offset, np.float32), "koffset"),
+        numpy_helper.from_array(np.array(0, np.float32), "k0"),
+        numpy_helper.from_array(np.array(score, np.float32), "kscore"),
+    ]
+    return _model(
+        nodes,
+        [_image_input("images", batch, 3, height, width)],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [batch, 1, 6])],
+        consts,
+    )
+
+
 # -- layouts: known detections (input pixels) encoded for each adapter ---------------------------
 
 Known = Sequence[tuple[tuple[float, float, float, float], float, int]]  # (xyxy, score, class)

@@ -89,7 +89,8 @@ def test_parity_check_catches_a_broken_export(
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     broken = tmp_path / "broken.onnx"
     onnx.save(proto, str(broken))
-    with pytest.raises(ParityError, match=r"heat_logits: max \|diff\| [0-9.e-]+ > tolerance 0.0001"):
+    msg = r"heat_logits: max \|diff\| [0-9.e-]+ > tolerance 0.0001"
+    with pytest.raises(ParityError, match=msg):
         parity_check(model, broken, _images(2), imgsz=SIZE)
 
 
