@@ -212,7 +212,7 @@ def get_run(ws: Workspace, run_id: str) -> Run:
     with ws.db.read() as conn:
         row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
         if row is None:
-            rows = conn.execute(select(runs).where(runs.c.id.like(f"{run_id}%"))).all()
+            rows = [r for r in conn.execute(select(runs)) if r.id.startswith(run_id)]
             if len(rows) == 1:
                 row = rows[0]
     if row is None:

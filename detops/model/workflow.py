@@ -112,7 +112,7 @@ def evaluate_runtime(
     return out
 
 
-# -- training runs -----------------------------------------------------------------------------------
+# -- training runs ---------------------------------------------------------------------------
 def train_run(
     ws: Workspace,
     dataset_ref: str,

@@ -17,7 +17,9 @@ NAMES = ["person", "car", "dog"]
 
 def mean_runtime(graphs: Any, batch: int | str = "B") -> Runtime:
     """A runtime whose single detection per image depends on that image's pixels."""
-    spec = ModelSpec(class_names=NAMES, input_width=64, input_height=64, score_threshold=0.1)
+    # stretch: no letterbox padding, so the box (0, 0, s, s) is never shifted off the image
+    spec = ModelSpec(class_names=NAMES, input_width=64, input_height=64, resize="stretch",
+                     score_threshold=0.1)
     return Runtime(graphs.make_mean_box_model(width=64, height=64, batch=batch), spec)
 
 
