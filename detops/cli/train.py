@@ -162,7 +162,9 @@ def evaluate(
             f"{k} {n}/{out['errors']['delta_ap50'][k]:+.3f}"
             for k, n in out["errors"]["counts"].items()))
     for name, stats in (out.get("slices") or {}).items():
-        typer.echo(f"  slice {out['slice_by']}={name}: AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f}")
+        typer.echo(
+            f"  slice {out['slice_by']}={name}: AP50 {stats['AP50']:.3f} AP {stats['AP']:.3f}"
+        )
     if out.get("pr_curve"):
         typer.echo(f"PR curve: {out['pr_curve']}")
 

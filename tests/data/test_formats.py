@@ -848,8 +848,8 @@ def test_load_dispatches_with_options(tmp_path: Path) -> None:
 
 def test_public_api() -> None:
     assert sorted(formats.__all__) == sorted(
-        ["FORMATS", "detect_format", "export_losses", "load", "load_coco", "load_voc", "load_yolo", "save",
-         "save_coco", "save_voc", "save_yolo", "to_coco_dict"])
+        ["FORMATS", "detect_format", "export_losses", "load", "load_coco", "load_voc",
+         "load_yolo", "save", "save_coco", "save_voc", "save_yolo", "to_coco_dict"])
     assert set(formats.FORMATS) == {"coco", "yolo", "voc"}
 
 
