@@ -59,9 +59,33 @@ class DataSettings(_Section):
     )
 
 
+class ServeSettings(_Section):
+    model: str | None = Field(None, description="NAME@ALIAS the server follows")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="server processes")
+    max_batch_size: int = Field(8, ge=1)
+    max_queue_delay_ms: float = Field(2.0, ge=0)
+    max_queue: int = Field(64, ge=1, description="queued requests per model before 503")
+    timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
+    allow_spinning: bool = False
+    body_limit_mb: float = Field(20.0, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0, description="checked from the header")
+    token: str | None = Field(None, description="bearer token for admin endpoints")
+    require_token_for_detect: bool = False
+    alias_poll_s: float = Field(2.0, gt=0, description="how often the followed alias is checked")
+    log_queue: int = Field(10_000, ge=1, description="prediction records held before dropping")
+    log_batch: int = Field(256, ge=1)
+    log_flush_ms: float = Field(500, gt=0)
+    sample_rate: float = Field(0.0, ge=0, le=1, description="share of images kept (privacy: 0)")
+    sample_retention_days: float = Field(7.0, gt=0)
+
+
 class Settings(_Section):
     store: StoreSettings = StoreSettings()
     data: DataSettings = DataSettings()
+    serve: ServeSettings = ServeSettings()
 
 
 DEFAULT_YAML = """\
@@ -85,6 +109,33 @@ data:
   workers: 0
   # Pascal VOC corners: true = 1-based as in the original devkit (x1 = xmin - 1).
   voc_one_based: true
+
+serve:
+  # The model alias the server follows (hot swap when it moves), e.g. det@production.
+  # model: det@production
+  host: 127.0.0.1
+  port: 8000
+  workers: 1
+  # Dynamic batching per model version.
+  max_batch_size: 8
+  max_queue_delay_ms: 2.0
+  max_queue: 64          # queued requests before 503 + Retry-After
+  timeout_ms: 10000      # per-request deadline
+  intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core
+  allow_spinning: false  # spinning threads burn CPU the server needs
+  body_limit_mb: 20
+  max_pixels: 40000000   # checked from the image header, before decoding
+  # Bearer token for anything that changes state (env DETOPS_SERVE_TOKEN keeps it out of files).
+  # token: null
+  require_token_for_detect: false
+  alias_poll_s: 2.0
+  # Prediction log: written asynchronously in batches; the request path never waits on it.
+  log_queue: 10000
+  log_batch: 256
+  log_flush_ms: 500
+  # Keep a share of request images in the artifact store (off by default for privacy).
+  sample_rate: 0.0
+  sample_retention_days: 7
 """
 
 

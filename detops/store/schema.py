@@ -133,6 +133,42 @@ alias_events = Table(
 )
 
 
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("model_name", String(200)),
+    Column("model_version", Integer),
+    Column("route", String(32)),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float),
+    Column("timings", JSON),
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("bytes", Integer),
+    Column("format", String(16)),
+    Column("brightness", Float),
+    Column("contrast", Float),
+    Column("sharpness", Float),
+    Column("n_boxes", Integer),
+    Column("max_score", Float),
+    Column("mean_score", Float),
+    Column("class_counts", JSON),
+    Column("error", Text),
+)
+
+image_samples = Table(
+    "image_samples",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("artifact", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
 def _m1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[file_cache, dataset_versions, key_values])
 
@@ -141,7 +177,12 @@ def _m2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[runs, model_versions, model_aliases, alias_events])
 
 
+def _m3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[predictions, image_samples])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "data stage: file cache, dataset versions, key/values", _m1),
     (2, "modelling stage: runs, model versions, aliases and their history", _m2),
+    (3, "deployment stage: prediction log and sampled images", _m3),
 ]

@@ -94,3 +94,18 @@ def test_failed_write_transaction_stores_nothing(tmp_path):
 def test_bad_url_is_a_store_error():
     with pytest.raises(StoreError, match="cannot open metadata store"):
         MetadataStore("nosuchdialect://x")
+
+
+def test_an_older_store_is_upgraded_in_order(tmp_path, monkeypatch):
+    import detops.store.db as db
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    monkeypatch.setattr(db, "MIGRATIONS", MIGRATIONS[:1])
+    assert MetadataStore(url).version() == 1
+    monkeypatch.setattr(db, "MIGRATIONS", MIGRATIONS)
+    store = MetadataStore(url)
+    assert store.version() == MIGRATIONS[-1][0]
+    with store.read() as conn:
+        tables = set(conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type='table'").scalars())
+    assert {"dataset_versions", "runs", "model_versions", "predictions"} <= tables
