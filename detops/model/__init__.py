@@ -9,8 +9,9 @@ Names load on first use, so ``import detops.model`` imports neither onnxruntime 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from detops._lazy import attach
 
 # public name -> module that defines it (extend here; nothing is imported until asked for).
 # A name must not equal a submodule's name: importing the submodule would shadow it.
@@ -24,8 +25,8 @@ _LAZY: dict[str, str] = {
     "Runtime": "detops.model.runtime",
     "Transform": "detops.model.runtime",
     "decode_image": "detops.model.runtime",
-    "ImageDecodeError": "detops.model.runtime",
-    "InvalidImage": "detops.model.runtime",
+    "ImageDecodeError": "detops.errors",
+    "InvalidImage": "detops.errors",
 }
 
 __all__ = [
@@ -43,26 +44,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from detops.errors import ImageDecodeError, InvalidImage
     from detops.model.adapters import ADAPTERS, Adapter, RawDetections
     from detops.model.detections import Detections
-    from detops.model.runtime import (
-        ImageDecodeError,
-        InvalidImage,
-        Runtime,
-        Transform,
-        decode_image,
-    )
+    from detops.model.runtime import Runtime, Transform, decode_image
     from detops.model.spec import AdapterOptions, ModelSpec
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detops.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, _ = attach(__name__, globals(), _LAZY)
