@@ -295,7 +295,7 @@ def synth(
     from detops.data.formats import save
     from detops.data.synth import SceneConfig, parse_annotators, synthesize
 
-    knobs = dict(
+    knobs: dict[str, Any] = dict(
         width=size,
         height=size,
         brightness=brightness,

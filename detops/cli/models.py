@@ -280,7 +280,7 @@ def runs_compare(
     ra, rb = get_run(ws, a), get_run(ws, b)
     params = sorted(set(ra.params) | set(rb.params))
     ca, cb = (ra.evaluation or {}).get("coco", {}), (rb.evaluation or {}).get("coco", {})
-    out = {
+    out: dict[str, Any] = {
         "params": {
             k: {ra.id: ra.params.get(k), rb.id: rb.params.get(k)}
             for k in params

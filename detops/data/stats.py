@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any
 
@@ -76,7 +76,7 @@ def _r(v: float) -> float:
     return round(float(v), 3)
 
 
-def _dist(values: list[float] | np.ndarray, edges: list[float] | None = None) -> dict[str, Any]:
+def _dist(values: Sequence[float] | np.ndarray, edges: Sequence[float] | None = None) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
     out: dict[str, Any] = {"n": int(a.size)}
     if a.size:

@@ -331,19 +331,19 @@ def validate(
     image_ids = {img.id for img in images}
     by_id = {img.id: img for img in images}
     for ann in ds.annotations:
-        img = by_id.get(ann.image_id)
+        owner = by_id.get(ann.image_id)
         record = f"annotation {ann.id} (image {ann.image_id})"
-        if img is None:
+        if owner is None:
             add = adder(ann.image_id, "", record, ann.id)
             add("orphan_annotation",
                 f"image_id {ann.image_id} is not an image of the dataset "
                 f"({len(image_ids)} images)")
             continue
-        add = adder(img.id, img.file, record, ann.id)
-        _box_findings(ann, img, add)
-        msg = _category_finding(ann, ds)
-        if msg is not None:
-            add("unknown_category", msg)
+        add = adder(owner.id, owner.file, record, ann.id)
+        _box_findings(ann, owner, add)
+        problem = _category_finding(ann, ds)
+        if problem is not None:
+            add("unknown_category", problem)
 
     for sha, group in by_hash.items():
         if len(group) < 2:

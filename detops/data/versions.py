@@ -92,15 +92,15 @@ def scan_files(
     problems: list[str | None] = [None] * len(paths)
     todo: list[int] = []
     for i, (p, key) in enumerate(zip(paths, keys, strict=True)):
-        row = cached.get(key)
-        if row is not None:
+        hit = cached.get(key)
+        if hit is not None:
             try:
                 st = p.stat()
             except FileNotFoundError:
                 problems[i] = "image file does not exist"
                 continue
-            if st.st_size == row.size and st.st_mtime_ns == row.mtime_ns:
-                infos[i] = FileInfo(row.sha256, row.width, row.height, row.format)
+            if st.st_size == hit.size and st.st_mtime_ns == hit.mtime_ns:
+                infos[i] = FileInfo(hit.sha256, hit.width, hit.height, hit.format)
                 continue
         todo.append(i)
     done = len(paths) - len(todo)
@@ -109,16 +109,15 @@ def scan_files(
     fresh: list[dict[str, Any]] = []
     n_workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        for i, (info, problem, st) in zip(
-            todo, pool.map(_scan_one, [paths[i] for i in todo], chunksize=16), strict=True
-        ):
+        scanned = pool.map(_scan_one, [paths[i] for i in todo], chunksize=16)
+        for i, (info, problem, stat) in zip(todo, scanned, strict=True):
             infos[i], problems[i] = info, problem
-            if info is not None and st is not None:
+            if info is not None and stat is not None:
                 fresh.append(
                     dict(
                         path=keys[i],
-                        size=st.st_size,
-                        mtime_ns=st.st_mtime_ns,
+                        size=stat.st_size,
+                        mtime_ns=stat.st_mtime_ns,
                         sha256=info.sha256,
                         width=info.width,
                         height=info.height,
@@ -131,11 +130,11 @@ def scan_files(
     if fresh:
         with ws.db.write() as conn:
             for start in range(0, len(fresh), 500):
-                chunk = fresh[start : start + 500]
+                rows = fresh[start : start + 500]
                 conn.execute(
-                    delete(file_cache).where(file_cache.c.path.in_([r["path"] for r in chunk]))
+                    delete(file_cache).where(file_cache.c.path.in_([r["path"] for r in rows]))
                 )
-                conn.execute(insert(file_cache), chunk)
+                conn.execute(insert(file_cache), rows)
     return infos, problems
 
 

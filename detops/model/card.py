@@ -19,7 +19,7 @@ from detops.workspace import Workspace
 
 
 def measure_latency(runtime: Any, *, size: tuple[int, int] | None = None, runs: int = 30,
-                    batch: int = 1) -> dict[str, float]:
+                    batch: int = 1) -> dict[str, Any]:
     """p50 / p95 milliseconds per image of preprocess + inference + postprocess on this CPU."""
     w = size[0] if size else runtime.spec.input_width
     h = size[1] if size else runtime.spec.input_height
