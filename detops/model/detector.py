@@ -140,9 +140,9 @@ class Detector(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.heat.weight, std=0.01)
-        nn.init.constant_(self.heat.bias, HEAT_BIAS)
+        nn.init.constant_(self.heat.bias, HEAT_BIAS)  # type: ignore[arg-type]
         nn.init.normal_(self.ltrb.weight, std=0.01)
-        nn.init.constant_(self.ltrb.bias, 1.0)
+        nn.init.constant_(self.ltrb.bias, 1.0)  # type: ignore[arg-type]
 
     def features(self, x: Tensor) -> Tensor:
         """The stride-4 map both heads read (after the shared 3x3 trunk)."""

@@ -41,7 +41,7 @@ _HEAD_NODES = {"heat_logits": "/model/heat/Conv", "ltrb_raw": "/model/ltrb/Conv"
 
 
 def _graph_module(model: Detector, top_k: int) -> DetectorGraph:
-    m = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
+    m = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return DetectorGraph(m, top_k=top_k).eval()
 
 
@@ -94,7 +94,7 @@ def preprocess(images: Sequence[np.ndarray], imgsz: int = 320) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image {i}: expected uint8 HxWx3, got {img.dtype} {img.shape}")
         if img.shape[:2] != (imgsz, imgsz):
-            img = np.asarray(Image.fromarray(img).resize((imgsz, imgsz), Image.BILINEAR))
+            img = np.asarray(Image.fromarray(img).resize((imgsz, imgsz), Image.Resampling.BILINEAR))
         out[i] = ((img.astype(np.float32) - mean) / std).transpose(2, 0, 1)
     return out
 

@@ -202,3 +202,39 @@ def test_one_annotator_is_used(tmp_path: Path) -> None:
     from detops.model.train import _pick_annotator
 
     assert _pick_annotator(ds, None) == "amy"  # first alphabetically
+
+
+@pytest.mark.parametrize(
+    ("hflip", "scale_jitter", "translate", "tol"),
+    [
+        (1.0, 0.0, 0.0, 0.0),  # flip only: an exact mirror
+        (0.0, 0.2, 0.1, 1.5),  # scale + translate: bilinear resampling, within a pixel or so
+        (1.0, 0.2, 0.1, 1.5),  # all together
+    ],
+)
+def test_augment_moves_boxes_with_pixels(
+    hflip: float, scale_jitter: float, translate: float, tol: float
+) -> None:
+    from detops.model.train import MEAN, STD, _augment
+
+    cfg = tiny_config(hflip=hflip, scale_jitter=scale_jitter, translate=translate,
+                      brightness=0.0, contrast=0.0)
+    box = torch.tensor([[12.0, 20.0, 40.0, 36.0]])
+    pixels = torch.zeros(4, 3, 64, 64, dtype=torch.uint8)
+    pixels[:, :, 20:36, 12:40] = 255
+    x, boxes, _ = _augment(pixels, [box] * 4, [torch.tensor([0])] * 4, cfg,
+                           torch.Generator().manual_seed(0))
+    rgb = x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    for i in range(4):
+        ys, xs = torch.nonzero(rgb[i, 0] > 0.5, as_tuple=True)
+        seen = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+        assert len(boxes[i]) == 1
+        assert (boxes[i][0] - seen).abs().max().item() <= tol, (boxes[i][0], seen)
+
+
+def test_time_budget_stops_training(tiny_data, tmp_path: Path) -> None:
+    train_ds, val_ds = tiny_data
+    r = train(train_ds, val_ds, tiny_config(epochs=50, time_budget_s=0.5), out_dir=tmp_path)
+    assert r.stopped == "time_budget" and len(r.epochs) < 50
+    assert r.epochs[-1].ap is not None  # the last (possibly cut) epoch is evaluated
+    assert r.best_path.exists()
