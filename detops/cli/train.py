@@ -158,8 +158,9 @@ def evaluate(
         typer.echo(f"at score >= {t['score_threshold']}: precision {t['precision']:.3f} "
                    f"recall {t['recall']:.3f} F1 {t['f1']:.3f}")
     if "errors" in out:
+        gains = out["errors"]["delta_ap50"]
         typer.echo("errors (count / AP50 gained if fixed): " + ", ".join(
-            f"{k} {n}/{out['errors']['delta_ap50'][k]:+.3f}"
+            f"{k} {n}/" + ("n/a" if gains.get(k) is None else f"{gains[k]:+.3f}")
             for k, n in out["errors"]["counts"].items()))
     for name, stats in (out.get("slices") or {}).items():
         typer.echo(

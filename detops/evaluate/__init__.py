@@ -11,7 +11,7 @@ computed by the hotcoco engine::
 from detops.evaluate.bootstrap import BootstrapCI, bootstrap_ci
 from detops.evaluate.coco import STAT_KEYS, CocoResult, evaluate_coco, evaluate_slices
 from detops.evaluate.errors_analysis import ERROR_TYPES, ErrorAnalysis, error_analysis
-from detops.evaluate.matching import PRF, precision_recall_f1
+from detops.evaluate.matching import PRF, best_f1_threshold, precision_recall_f1
 from detops.evaluate.plots import plot_pr_curves
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "BootstrapCI",
     "CocoResult",
     "ErrorAnalysis",
+    "best_f1_threshold",
     "bootstrap_ci",
     "error_analysis",
     "evaluate_coco",

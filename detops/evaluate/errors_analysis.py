@@ -30,7 +30,7 @@ class ErrorAnalysis:
 
     ap50: float
     counts: dict[str, int]
-    delta_ap50: dict[str, float]
+    delta_ap50: dict[str, float | None]
     detection_errors: dict[int, str]
     missed: tuple[int, ...]
     score_threshold: float
@@ -61,7 +61,8 @@ def error_analysis(
     ``Miss``: a non-crowd GT that no prediction found and that is not the target of a ``Loc`` or
     ``Cls`` error (fixing those would find it).
 
-    ``delta_ap50[type]`` is the AP50 after fixing only that type, minus the baseline, both
+    ``delta_ap50[type]`` (``None`` where fixing leaves no ground truth, so AP50 is undefined)
+    is the AP50 after fixing only that type, minus the baseline, both
     computed by the COCO engine with annotation ids renumbered from 1 (so pycocotools' id-0
     quirk plays no part). The oracle: ``Cls`` relabels the prediction to its GT's class and
     ``Loc`` moves its box onto its GT — unless that GT is already found (or claimed by an earlier
@@ -111,13 +112,15 @@ def error_analysis(
 
     renumbered = np.arange(1, len(g.ann_ids) + 1, dtype=np.int64)
     base = _ap50(g, dets, renumbered)
-    delta: dict[str, float] = {}
+    delta: dict[str, float | None] = {}
     for t in ERROR_TYPES:
         if t == "Miss":
             keep = np.ones(len(g.ann_ids), bool)
             keep[missed_rows] = False
             fixed_g = _drop_annotations(g, keep)
-            delta[t] = _ap50(fixed_g, dets, renumbered[keep]) - base
+            after = _ap50(fixed_g, dets, renumbered[keep])
+            # Every GT missed: nothing is left to find, so the gain is undefined.
+            delta[t] = None if after < 0 else after - base
             continue
         fixed = dets.copy()
         drop = np.zeros(len(dets), bool)

@@ -177,3 +177,16 @@ def precision_recall_f1(
     fn = int(np.sum(real & ~m.gt_found))
     p, r, f = _rates(tp, fp, fn)
     return PRF(score_threshold, iou_threshold, tp, fp, fn, p, r, f, per_class)
+
+
+def best_f1_threshold(
+    gt: dict[str, Any], preds: list[dict[str, Any]], candidates: Any = None
+) -> tuple[float, float]:
+    """The score threshold (from ``candidates``, default 0.05..0.95) maximising F1 at IoU 0.5."""
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
+    best = (0.3, -1.0)
+    for t in grid:
+        f1 = precision_recall_f1(gt, preds, float(t)).f1
+        if f1 > best[1]:
+            best = (float(t), float(f1))
+    return best

@@ -86,7 +86,8 @@ def render_markdown(d: dict[str, Any], pr_png: str | None) -> str:
     if ev.get("errors"):
         e = ev["errors"]
         lines += ["", "Errors (TIDE-style; count, AP50 gained if that type alone were fixed):", ""]
-        lines += [f"- {k}: {n} ({e['delta_ap50'].get(k, 0):+.3f})" for k, n in e["counts"].items()]
+        lines += [f"- {k}: {n} (" + ("n/a" if e["delta_ap50"].get(k) is None else
+                  f"{e['delta_ap50'][k]:+.3f}") + ")" for k, n in e["counts"].items()]
     if pr_png:
         lines += ["", "## Precision-recall", "", f"![PR curve]({pr_png})"]
     lat = d["latency"]

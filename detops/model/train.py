@@ -44,6 +44,7 @@ from PIL import Image
 
 from detops.data.dataset import Dataset
 from detops.errors import ConfigError
+from detops.evaluate.matching import best_f1_threshold  # re-exported for callers
 from detops.model.detector import (
     MEAN,
     STD,
@@ -344,21 +345,6 @@ def evaluate_model(
     preds = predict_coco(model, ds, images, amp=amp, score_threshold=score_threshold,
                          nms_iou=nms_iou)
     return dict(evaluate_coco(gt_dict(ds, annotator), preds).stats)
-
-
-def best_f1_threshold(
-    gt: dict[str, Any], preds: list[dict[str, Any]], candidates: Any = None
-) -> tuple[float, float]:
-    """The score threshold (from ``candidates``, default 0.05..0.95) maximising F1 at IoU 0.5."""
-    from detops.evaluate import precision_recall_f1
-
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
-    best = (0.3, -1.0)
-    for t in grid:
-        f1 = precision_recall_f1(gt, preds, float(t)).f1
-        if f1 > best[1]:
-            best = (float(t), float(f1))
-    return best
 
 
 # -- the loop -----------------------------------------------------------------------------------

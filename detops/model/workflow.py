@@ -53,10 +53,16 @@ def evaluate_runtime(
     seed: int = 0,
     figures: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tune_threshold: bool = False,
 ) -> dict[str, Any]:
     """Predict ``ds`` through the runtime and evaluate: COCO twelve, per class, P/R/F1 at the
-    deployed threshold, TIDE-style errors, bootstrap CIs, slices; optionally a PR-curve PNG."""
+    deployed threshold, TIDE-style errors, bootstrap CIs, slices; optionally a PR-curve PNG.
+
+    ``tune_threshold`` picks the score threshold with the best F1 on ``ds`` (for a model about
+    to be registered) instead of the spec's; ``at_threshold`` then reports that one.
+    """
     from detops.evaluate import (
+        best_f1_threshold,
         bootstrap_ci,
         error_analysis,
         evaluate_coco,
@@ -78,6 +84,8 @@ def evaluate_runtime(
     preds = to_coco_results(dets, [img.id for img in ds.images])
     result = evaluate_coco(gt, preds)
     threshold = float(runtime.spec.score_threshold)
+    if tune_threshold:
+        threshold = best_f1_threshold(gt, preds)[0]
     prf = precision_recall_f1(gt, preds, score_threshold=threshold)
     errors = error_analysis(gt, preds, score_threshold=threshold)
     ci = bootstrap_ci(gt, preds, n=bootstrap, seed=seed) if bootstrap else None
@@ -161,10 +169,13 @@ def train_run(
                   for img in val_ds.images[:16]]
         parity = parity_check(model, onnx_file, sample, imgsz=config.imgsz)
         spec = ModelSpec.model_validate(spec_dict(ds.category_names, imgsz=config.imgsz))
-        spec_file = spec.save(out_dir / "spec.yaml")
         runtime = Runtime(onnx_file, spec)
         evaluation = evaluate_runtime(runtime, val_ds, annotator=annotator,
-                                      figures=out_dir / "figures")
+                                      figures=out_dir / "figures", tune_threshold=True)
+        # The deployed threshold is the one with the best F1 on validation data.
+        spec = spec.model_copy(
+            update={"score_threshold": evaluation["at_threshold"]["score_threshold"]})
+        spec_file = spec.save(out_dir / "spec.yaml")
         evaluation["parity"] = _parity_dict(parity)
         evaluation["split"] = "val"
         evaluation["dataset"] = dv.ref
