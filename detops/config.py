@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,6 +66,11 @@ class ServeSettings(_Section):
     workers: int = Field(1, ge=1, description="server processes")
     max_batch_size: int = Field(8, ge=1)
     max_queue_delay_ms: float = Field(2.0, ge=0)
+    batch_policy: Literal["auto", "wait", "greedy", "off"] = Field(
+        "auto",
+        description="auto: measured at warm-up; wait: fill batches up to max_queue_delay_ms; "
+        "greedy: batch only what is already queued; off: one image per run",
+    )
     max_queue: int = Field(64, ge=1, description="queued requests per model before 503")
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
@@ -119,6 +124,9 @@ serve:
   # Dynamic batching per model version.
   max_batch_size: 8
   max_queue_delay_ms: 2.0
+  # auto measures batch-1 vs batch-N cost at warm-up and waits for more requests only when
+  # batching pays (GPU); on CPUs where a batch of 8 costs 8 images it does not wait.
+  batch_policy: auto     # auto | wait | greedy | off
   max_queue: 64          # queued requests before 503 + Retry-After
   timeout_ms: 10000      # per-request deadline
   intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core

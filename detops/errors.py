@@ -18,10 +18,16 @@ The tree, drawn once::
     ├── ValidationFailed                 ``data validate`` found errors
     ├── InvalidImage  (ValueError)       an image array the runtime cannot use
     │   └── ImageDecodeError             bytes that are empty, corrupt, truncated or too big
+    │       └── ImageTooLarge            more pixels than allowed (read from the header)
     ├── ModelError                       a model or spec that cannot be used
     │   ├── SpecMismatch  (ValueError)   spec does not fit the ONNX graph
     │   └── ParityError                  exported ONNX disagrees with PyTorch
-    └── EvaluationError  (ValueError)    predictions that cannot be evaluated
+    ├── EvaluationError  (ValueError)    predictions that cannot be evaluated
+    └── ServeError                       the prediction server refused or could not answer
+        ├── Overloaded                   the model's queue is full (HTTP 503 + Retry-After)
+        ├── NotReady                     no model version loaded and warmed yet (HTTP 503)
+        ├── DeadlineExceeded  (TimeoutError)  no answer within the request timeout (HTTP 504)
+        └── (internal to detops.serve: HTTPProblem, BodyTooLarge — turned into responses)
 
 Messages name the thing and the fix, e.g.
 ``labels/0003.txt line 4: class id 7 is not in data.yaml names (0..2)``.
@@ -106,6 +112,10 @@ class ImageDecodeError(InvalidImage):
     """Image bytes that cannot be decoded: empty, not an image, corrupt, truncated, too big."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """An image whose header declares more pixels than allowed (a decompression bomb)."""
+
+
 class ModelError(DetopsError):
     pass
 
@@ -119,4 +129,24 @@ class ParityError(ModelError):
 
 
 class EvaluationError(DetopsError, ValueError):
+    pass
+
+
+class ServeError(DetopsError):
+    pass
+
+
+class Overloaded(ServeError):
+    """The model's request queue is full; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(ServeError):
+    """No model version is loaded and warmed yet."""
+
+
+class DeadlineExceeded(ServeError, TimeoutError):
     pass

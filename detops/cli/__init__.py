@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "detops.cli.train",
     "detops.cli.models",
     "detops.cli.quickstart",
+    "detops.cli.serve",
 )
 
 for _name in COMMAND_MODULES:

@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from detops.errors import (
     ArtifactCorrupt,
     ImageDecodeError,
+    ImageTooLarge,
     InvalidImage,
     ModelError,
     SpecMismatch,
@@ -66,7 +67,7 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLarge(
                     f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; "
                     f"downscale it before sending"
                 )
@@ -75,11 +76,14 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
             arr = np.asarray(rgb)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as e:
+        # PIL's own guard (far above any sane max_pixels) fires inside Image.open
+        raise ImageTooLarge(f"image refused before decoding: {e}") from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
             f"not a recognised image format ({len(data)} bytes starting {data[:8]!r})"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"corrupt or truncated image ({len(data)} bytes): {e}") from e
     return arr
 

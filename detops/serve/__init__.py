@@ -1,0 +1,77 @@
+"""The prediction server: typed detection API, Open Inference Protocol v2, dynamic batching,
+Prometheus metrics, an asynchronous prediction log and hot model swap.
+
+Names load on first use (``import detops.serve`` imports neither FastAPI nor onnxruntime)::
+
+    from detops.serve import build_service, create_app
+    app = create_app(build_service(workspace, "det@production"))   # an ASGI app
+
+Parts: :mod:`~detops.serve.service` (the request pipeline), :mod:`~detops.serve.batching`,
+:mod:`~detops.serve.models` (loaded versions, alias following), :mod:`~detops.serve.routing`
+(which version answers), :mod:`~detops.serve.predlog`, :mod:`~detops.serve.metrics`,
+:mod:`~detops.serve.middleware`; routes in :mod:`~detops.serve.api` (``/v1``),
+:mod:`~detops.serve.oip` (``/v2``) and :mod:`~detops.serve.ops`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "create_app": "detops.serve.app",
+    "build_service": "detops.serve.app",
+    "serve": "detops.serve.server",
+    "Service": "detops.serve.service",
+    "HTTPProblem": "detops.serve.service",
+    "Batcher": "detops.serve.batching",
+    "ModelHost": "detops.serve.models",
+    "LoadedModel": "detops.serve.models",
+    "Router": "detops.serve.routing",
+    "LiveRouter": "detops.serve.routing",
+    "Route": "detops.serve.routing",
+    "PredictionLog": "detops.serve.predlog",
+    "ServeMetrics": "detops.serve.metrics",
+    "DetectResponse": "detops.serve.schemas",
+}
+
+__all__ = [
+    "Batcher",
+    "DetectResponse",
+    "HTTPProblem",
+    "LiveRouter",
+    "LoadedModel",
+    "ModelHost",
+    "PredictionLog",
+    "Route",
+    "Router",
+    "ServeMetrics",
+    "Service",
+    "build_service",
+    "create_app",
+    "serve",
+]
+
+if TYPE_CHECKING:
+    from detops.serve.app import build_service, create_app
+    from detops.serve.batching import Batcher
+    from detops.serve.metrics import ServeMetrics
+    from detops.serve.models import LoadedModel, ModelHost
+    from detops.serve.predlog import PredictionLog
+    from detops.serve.routing import LiveRouter, Route, Router
+    from detops.serve.schemas import DetectResponse
+    from detops.serve.server import serve
+    from detops.serve.service import HTTPProblem, Service
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detops.serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,241 @@
+"""``/v1``: the typed detection API (one image, a batch of images, the models served)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.datastructures import UploadFile
+
+from detops.serve.middleware import BodyTooLarge
+from detops.serve.schemas import BatchResponse, DetectResponse, ErrorBody, ModelStatus
+from detops.serve.service import MEDIA_ALIASES, MEDIA_TYPES, HTTPProblem, Service
+
+router = APIRouter(tags=["detection"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "empty, corrupt or truncated image (the message names the problem)",
+        401: "a bearer token is required",
+        403: "the bearer token is not valid",
+        413: "body over serve.body_limit_mb, or image over serve.max_pixels",
+        415: "unsupported media type",
+        503: "overloaded (Retry-After) or not ready",
+        504: "no answer within serve.timeout_ms",
+    }.items()
+}
+
+ScoreQuery = Query(None, ge=0.0, le=1.0, description="keep detections scoring at least this")
+MaxDetQuery = Query(None, ge=1, le=10_000, description="keep at most this many detections")
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
+    )
+
+
+def _media_type(value: str | None) -> str:
+    base = (value or "").split(";", 1)[0].strip().lower()
+    return MEDIA_ALIASES.get(base, base)
+
+
+def _unsupported(media: str) -> HTTPProblem:
+    return HTTPProblem(
+        415,
+        "unsupported_media_type",
+        f"unsupported media type {media or '(none)'!r}: send the image as the body with "
+        f"Content-Type {', '.join(MEDIA_TYPES)}, or as multipart/form-data field 'image'",
+    )
+
+
+def _check_part(part: UploadFile) -> None:
+    media = _media_type(part.content_type)
+    if media and media not in MEDIA_TYPES and media != "application/octet-stream":
+        raise _unsupported(media)
+
+
+async def _form(request: Request) -> Any:
+    try:
+        return await request.form(max_files=256, max_fields=64)
+    except (HTTPProblem, BodyTooLarge):
+        raise
+    except Exception as e:
+        raise HTTPProblem(400, "bad_request", f"malformed multipart body: {e}") from e
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def _image_bytes(request: Request) -> bytes:
+    media = _media_type(request.headers.get("content-type"))
+    if media == "multipart/form-data":
+        form = await _form(request)
+        try:
+            part = form.get("image")
+            if not isinstance(part, UploadFile):
+                raise HTTPProblem(
+                    400,
+                    "bad_request",
+                    "multipart body has no file field 'image' (send -F image=@x.jpg)",
+                )
+            _check_part(part)
+            return await part.read()
+        finally:
+            await form.close()
+    if media not in MEDIA_TYPES:
+        raise _unsupported(media)
+    return await request.body()
+
+
+@router.post(
+    "/v1/detect",
+    response_model=DetectResponse,
+    responses=_ERRORS,
+    summary="Detect objects in one image",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                **{m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image": {"type": "string", "format": "binary"}},
+                        "required": ["image"],
+                    }
+                },
+            },
+        }
+    },
+)
+async def detect(
+    request: Request,
+    score_threshold: float | None = ScoreQuery,
+    max_detections: int | None = MaxDetQuery,
+) -> Response:
+    """The body is the image (Content-Type image/jpeg, png, webp or bmp) or a multipart field
+    ``image``. Boxes are ``[x1, y1, x2, y2]`` in pixels of the image as sent."""
+    svc = _service(request)
+    state = request.scope["state"]
+    try:
+        if svc.settings.require_token_for_detect:
+            svc.check_token(request.headers.get("authorization"), "/v1/detect")
+        data = await _image_bytes(request)
+    except HTTPProblem as p:
+        svc.metrics.reject(p.code)
+        raise
+    body = await svc.detect(
+        data,
+        request_id=state["request_id"],
+        started=state["started"],
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        state=state,
+    )
+    return json_response(body)
+
+
+@router.post(
+    "/v1/detect/batch",
+    response_model=BatchResponse,
+    responses=_ERRORS,
+    summary="Detect objects in several images (multipart), one result each, in order",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "images": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def detect_batch(
+    request: Request,
+    score_threshold: float | None = ScoreQuery,
+    max_detections: int | None = MaxDetQuery,
+) -> Response:
+    """Every file field of the multipart body (any field name, e.g. repeated ``images``) is one
+    image; a bad image fails only its own entry (its ``status`` and ``error``)."""
+    svc = _service(request)
+    state = request.scope["state"]
+    rid = state["request_id"]
+    try:
+        if svc.settings.require_token_for_detect:
+            svc.check_token(request.headers.get("authorization"), "/v1/detect/batch")
+        if _media_type(request.headers.get("content-type")) != "multipart/form-data":
+            raise _unsupported(_media_type(request.headers.get("content-type")))
+        form = await _form(request)
+        try:
+            parts = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not parts:
+                raise HTTPProblem(400, "empty_body", "no image files in the multipart body")
+            datas = [await part.read() for _, part in parts]
+        finally:
+            await form.close()
+    except HTTPProblem as p:
+        svc.metrics.reject(p.code)
+        raise
+
+    async def one(i: int, part: UploadFile, data: bytes) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": i, "filename": part.filename}
+        try:
+            _check_part(part)
+            item["result"] = await svc.detect(
+                data,
+                request_id=f"{rid[:56]}-{i}",
+                started=time.perf_counter(),
+                score_threshold=score_threshold,
+                max_detections=max_detections,
+                state=state,
+            )
+            item["status"] = 200
+        except HTTPProblem as p:
+            item["status"] = p.status
+            item["error"] = {"detail": p.detail, "code": p.code}
+        return item
+
+    items = await asyncio.gather(
+        *(one(i, part, data) for i, ((_, part), data) in enumerate(zip(parts, datas, strict=True)))
+    )
+    return json_response({"request_id": rid, "results": items})
+
+
+@router.get("/v1/models", response_model=list[ModelStatus], summary="Models served and how")
+async def models(request: Request) -> list[dict[str, Any]]:
+    return model_statuses(_service(request))
+
+
+def model_statuses(svc: Service) -> list[dict[str, Any]]:
+    host = svc.host
+    lm = host.current if host is not None else None
+    if lm is None:
+        return []
+    return [
+        {
+            "name": lm.name,
+            "version": lm.version,
+            "ref": lm.ref,
+            "ready": True,
+            "batch_policy": lm.policy,
+            "batch_gain": None if lm.gain is None else round(lm.gain, 3),
+            "max_batch_size": lm.batcher.max_batch_size,
+            "follows": host.follow if host else None,
+        }
+    ]

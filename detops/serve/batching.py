@@ -1,0 +1,314 @@
+"""Dynamic batching: one bounded queue and one inference thread per model version.
+
+Requests arrive on the event loop already decoded and pre-processed (``[n, 3, H, W]``); the
+thread takes the oldest job, adds queued jobs up to ``max_batch_size`` rows as the policy says,
+runs ONNX Runtime once (it releases the GIL, so the event loop keeps serving) and hands each
+job its rows of the outputs through an asyncio future.
+
+Policies (``serve.batch_policy``)::
+
+    wait    fill a batch for up to max_queue_delay_ms after its first job, but only while
+            more requests are being decoded (announced), so a lone request never waits
+    greedy  take what is already queued, never wait
+    off     one job per run
+    auto    measure batch 1 vs batch N at warm-up (:func:`measure_batch_gain`) and pick:
+            gain >= 1.25 -> wait, gain >= 0.90 -> greedy, else off
+
+On CPUs where a batch of 8 costs about 8 single images, ``auto`` does not wait: it batches only
+requests that are already queued, which costs a lone request nothing (it runs at once, see
+below) and under load saves per-run overhead, so batching does not lose to batching off. Only
+a measured loss (gain < 0.9, beyond measurement noise) turns batching off.
+
+A request that finds the model idle and nothing queued runs at once in the thread that decoded
+it (:meth:`Batcher.try_direct`), under the same lock the inference thread holds, so there is
+still one ONNX Runtime run at a time per version; this saves two thread hand-offs per request
+at low load. Under ``wait`` it does so only when no other request is being decoded.
+
+A full queue raises :class:`~detops.errors.Overloaded` (HTTP 503 + Retry-After); a job whose
+deadline passed while queued is dropped before inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detops.errors import DeadlineExceeded, ModelError, Overloaded
+
+POLICIES = ("wait", "greedy", "off")
+WAIT_GAIN = 1.25
+GREEDY_GAIN = 0.90
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outputs: dict[str, np.ndarray]  # this job's rows of every output
+    queue_s: float  # from submit to the start of its batch's run
+    infer_s: float  # the batch's run
+    batch_rows: int  # rows in that batch
+
+
+@dataclass(slots=True)
+class _Job:
+    tensor: np.ndarray
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[BatchResult]
+    loop: asyncio.AbstractEventLoop
+    solo: bool
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return int(self.tensor.shape[0])
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():  # the caller timed out or went away
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+def measure_batch_gain(
+    infer: Callable[[np.ndarray], object], sample: np.ndarray, n: int, repeats: int = 5
+) -> float:
+    """``(time of batch 1) * n / (time of batch n)``, best of ``repeats`` each (1.0 if n == 1)."""
+    if n <= 1:
+        return 1.0
+    one = sample[:1]
+    many = np.repeat(one, n, axis=0)
+
+    def best(x: np.ndarray) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            infer(x)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    infer(many)  # allocate the big-batch buffers before timing
+    t1, tn = best(one), best(many)
+    return (t1 * n) / tn if tn > 0 else 1.0
+
+
+def choose_policy(gain: float) -> str:
+    if gain >= WAIT_GAIN:
+        return "wait"
+    if gain >= GREEDY_GAIN:
+        return "greedy"
+    return "off"
+
+
+class Batcher:
+    """Queue + inference thread for one model version (see the module docstring)."""
+
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+        *,
+        name: str,
+        max_batch_size: int = 8,
+        max_queue_delay_ms: float = 2.0,
+        max_queue: int = 64,
+        policy: str = "greedy",
+        static_batch: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"batch policy {policy!r}: expected one of {', '.join(POLICIES)}")
+        self.name = name
+        self._infer = infer
+        self.static_batch = static_batch
+        cap = max_batch_size if policy != "off" else 1
+        self.max_batch_size = min(cap, static_batch) if static_batch else cap
+        self.max_queue_delay_s = max_queue_delay_ms / 1000
+        self.max_queue = max_queue
+        self.policy = policy
+        self._on_batch = on_batch or (lambda n: None)
+        self._on_depth = on_depth or (lambda n: None)
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._run_lock = threading.Lock()  # one ONNX Runtime run at a time
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self.batches = 0
+        self._announced = 0  # requests being decoded for this batcher (event-loop thread only)
+
+    # -- the event-loop side -----------------------------------------------------------------
+
+    def start(self) -> Batcher:
+        self._thread.start()
+        return self
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def announce(self) -> None:
+        """A request for this model is being decoded (call from the event loop)."""
+        self._announced += 1
+
+    def unannounce(self) -> None:
+        self._announced -= 1
+
+    def submit(
+        self, tensor: np.ndarray, *, timeout_s: float, solo: bool = False
+    ) -> asyncio.Future[BatchResult]:
+        """Queue ``tensor`` (``[n, ...]``); the future resolves with its rows of the outputs.
+
+        Call from the event loop. Raises :class:`Overloaded` when the queue is full.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[BatchResult] = loop.create_future()
+        job = _Job(tensor, time.monotonic() + timeout_s, fut, loop, solo)
+        with self._cond:
+            if self._closed:
+                raise Overloaded(f"model {self.name} is shutting down; retry", 1.0)
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(
+                    f"model {self.name}: {len(self._queue)} requests queued (max_queue "
+                    f"{self.max_queue}); retry later or raise serve.max_queue",
+                    1.0,
+                )
+            self._queue.append(job)
+            depth = len(self._queue)
+            self._cond.notify()
+        self._on_depth(depth)
+        return fut
+
+    def try_direct(self, tensor: np.ndarray) -> BatchResult | None:
+        """Run ``tensor`` now in the calling thread if the model is idle and nothing is queued;
+        None if it should be queued instead. Safe from any thread."""
+        if self._queue or self._closed or (self.policy == "wait" and self._announced > 1):
+            return None
+        if tensor.shape[0] > self.max_batch_size and self.static_batch:
+            return None
+        if not self._run_lock.acquire(blocking=False):
+            return None
+        try:
+            t0 = time.perf_counter()
+            outputs = self._infer_padded(tensor)
+            infer_s = time.perf_counter() - t0
+        finally:
+            self._run_lock.release()
+        self.batches += 1
+        self._on_batch(int(tensor.shape[0]))
+        return BatchResult(outputs, 0.0, infer_s, int(tensor.shape[0]))
+
+    def _infer_padded(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        rows = int(batch.shape[0])
+        if self.static_batch and rows < self.static_batch:
+            # a graph exported with a fixed batch: fill with blank rows
+            fill = np.zeros((self.static_batch - rows, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, fill])
+        outputs = self._infer(batch)
+        return {
+            k: (v[:rows] if v.ndim and v.shape[0] == batch.shape[0] else v)
+            for k, v in outputs.items()
+        }
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the inference thread ------------------------------------------------------------------
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            jobs = [first]
+            if first.solo or self.policy == "off":
+                return jobs
+            rows = first.rows
+            shape = first.tensor.shape[1:]
+            fill_until = time.monotonic() + (self.max_queue_delay_s if self.policy == "wait" else 0)
+            while rows < self.max_batch_size:
+                if not self._queue:
+                    left = fill_until - time.monotonic()
+                    if left <= 0 or self._closed or self._announced <= 0:
+                        break
+                    self._cond.wait(left)
+                    continue
+                nxt = self._queue[0]
+                if (
+                    nxt.solo
+                    or nxt.tensor.shape[1:] != shape
+                    or rows + nxt.rows > self.max_batch_size
+                ):
+                    break
+                jobs.append(self._queue.popleft())
+                rows += nxt.rows
+            return jobs
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+            # take jobs only once the model is free: while a direct run holds it, jobs stay
+            # queued (visible in the depth, counted against max_queue) and batch together
+            with self._run_lock:
+                jobs = self._take()
+                if jobs is None:
+                    return
+                self._on_depth(len(self._queue))
+                now = time.monotonic()
+                live = []
+                for job in jobs:
+                    if job.future.done():  # cancelled by a caller that gave up
+                        continue
+                    if now > job.deadline:
+                        err = DeadlineExceeded(f"model {self.name}: request expired in the queue")
+                        job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+                        continue
+                    live.append(job)
+                if live:
+                    self._run_batch(live, now)
+
+    def _run_batch(self, jobs: list[_Job], started: float) -> None:
+        tensors = [j.tensor for j in jobs]
+        batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
+        rows = int(batch.shape[0])
+        error: BaseException | None = None
+        outputs: Mapping[str, np.ndarray] = {}
+        t0 = time.perf_counter()
+        try:
+            outputs = self._infer_padded(batch)
+        except Exception as e:  # one bad batch must not stop the thread
+            error = e if isinstance(e, ModelError) else ModelError(f"{self.name}: {e}")
+        infer_s = time.perf_counter() - t0
+        self.batches += 1
+        self._on_batch(rows)
+        start = 0
+        for job in jobs:
+            n = job.rows
+            if error is None:
+                mine = {
+                    k: (v[start : start + n] if v.ndim and v.shape[0] == rows else v)
+                    for k, v in outputs.items()
+                }
+                value = BatchResult(mine, started - job.enqueued, infer_s, rows)
+            else:
+                value = None
+            job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
+            start += n

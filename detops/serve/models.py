@@ -1,0 +1,220 @@
+"""Loaded model versions and the host that follows an alias (hot swap).
+
+:class:`ModelHost` keeps ONE reference to the live :class:`LoadedModel`. A watcher thread
+polls the store every ``alias_poll_s``; when the alias moved, the new version is loaded,
+warmed and its batching policy measured in the background, and only then is the reference
+replaced (a single assignment under a lock). A request holds the version it started with
+(:meth:`ModelHost.acquire` / :meth:`ModelHost.release`), so in-flight requests finish on it;
+the old version's batcher is closed when its last user releases it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detops.config import ServeSettings
+from detops.errors import NotReady
+from detops.serve.batching import Batcher, choose_policy, measure_batch_gain
+
+log = logging.getLogger("detops.serve")
+
+__all__ = ["LoadedModel", "ModelHost", "NotReady", "open_model", "start_model"]
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    name: str
+    version: int
+    runtime: Any  # detops.model.runtime.Runtime
+    batcher: Batcher
+    policy: str
+    gain: float | None
+    loaded_at: float = field(default_factory=time.time)
+    users: int = 0
+    retired: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+def open_model(ws: Any, ref: str, settings: ServeSettings, metrics: Any = None) -> LoadedModel:
+    """Load ``ref`` from the registry (hash-checked), warm it, pick a policy, start its batcher."""
+    from detops.model.registry import get_model, load_runtime
+
+    mv = get_model(ws, ref)
+    rt = load_runtime(
+        ws,
+        mv,
+        intra_op_threads=settings.intra_op_threads or None,
+        allow_spinning=settings.allow_spinning,
+        max_image_pixels=settings.max_pixels,
+        name=mv.ref,
+    )
+    return start_model(mv.name, mv.version, rt, settings, metrics)
+
+
+def start_model(
+    name: str, version: int, rt: Any, settings: ServeSettings, metrics: Any = None
+) -> LoadedModel:
+    """Warm ``rt``, choose its batching policy and start its batcher."""
+    rt.warmup(2)
+    n = settings.max_batch_size
+    if rt.max_batch is not None:
+        n = min(n, rt.max_batch)
+    policy: str = settings.batch_policy
+    gain: float | None = None
+    if policy == "auto":
+        sample = rt.preprocess(
+            [np.full((rt.spec.input_height, rt.spec.input_width, 3), 114, np.uint8)]
+        )[0]
+        if rt.max_batch is None and n > 1:
+            gain = measure_batch_gain(rt.infer, sample, n)
+            policy = choose_policy(gain)
+        else:
+            policy = "off"
+    ref = f"{name}@v{version}"
+    batcher = Batcher(
+        rt.infer,
+        name=ref,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_ms=settings.max_queue_delay_ms,
+        max_queue=settings.max_queue,
+        policy=policy,
+        static_batch=rt.max_batch,
+        on_batch=metrics.batch_size.observe if metrics else None,
+        on_depth=metrics.queue_depth.labels(ref).set if metrics else None,
+    ).start()
+    log.info("loaded %s: batch policy %s (measured gain %s)", ref, policy, gain)
+    return LoadedModel(name, version, rt, batcher, policy, gain)
+
+
+class ModelHost:
+    """The live version of the model the server follows, swapped when its alias moves."""
+
+    def __init__(
+        self,
+        follow: str,
+        *,
+        resolve: Callable[[], tuple[str, int]],
+        load: Callable[[str, int], LoadedModel],
+        poll_s: float = 2.0,
+        metrics: Any = None,
+    ) -> None:
+        self.follow = follow
+        self._resolve = resolve  # -> (name, version) the alias points at now
+        self._load = load
+        self.poll_s = poll_s
+        self.metrics = metrics
+        self.current: LoadedModel | None = None
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._check_lock = threading.Lock()  # one load at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_workspace(
+        cls, ws: Any, follow: str, settings: ServeSettings, metrics: Any = None
+    ) -> ModelHost:
+        from detops.model.registry import get_model
+
+        def resolve() -> tuple[str, int]:
+            mv = get_model(ws, follow)
+            return mv.name, mv.version
+
+        def load(name: str, version: int) -> LoadedModel:
+            return open_model(ws, f"{name}@v{version}", settings, metrics)
+
+        return cls(
+            follow, resolve=resolve, load=load, poll_s=settings.alias_poll_s, metrics=metrics
+        )
+
+    # -- requests ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def acquire(self) -> LoadedModel:
+        with self._lock:
+            lm = self.current
+            if lm is None:
+                detail = f": {self.last_error}" if self.last_error else ""
+                raise NotReady(f"model {self.follow} is not loaded yet{detail}")
+            lm.users += 1
+            return lm
+
+    def release(self, lm: LoadedModel) -> None:
+        with self._lock:
+            lm.users -= 1
+            done = lm.retired and lm.users == 0
+        if done:
+            lm.batcher.close(timeout=0)
+
+    # -- loading and swapping ---------------------------------------------------------------
+
+    def check_now(self) -> bool:
+        """Load the alias's version if it is not the live one; True if a swap happened."""
+        with self._check_lock:
+            try:
+                name, version = self._resolve()
+                cur = self.current
+                if cur is not None and (cur.name, cur.version) == (name, version):
+                    return False
+                new = self._load(name, version)
+            except Exception as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                if self.metrics:
+                    self.metrics.load_errors.inc()
+                log.error("cannot load %s: %s", self.follow, self.last_error)
+                raise
+            self.last_error = None
+            self._swap(new)
+            return True
+
+    def _swap(self, new: LoadedModel) -> None:
+        with self._lock:
+            old, self.current = self.current, new
+            if old is not None:
+                old.retired = True
+                close_old = old.users == 0
+        if self.metrics:
+            self.metrics.model_info.labels(new.ref, new.policy).set(1)
+        if old is not None:
+            if self.metrics:
+                self.metrics.swaps.inc()
+                self.metrics.model_info.labels(old.ref, old.policy).set(0)
+            log.info("swapped %s -> %s", old.ref, new.ref)
+            if close_old:
+                old.batcher.close(timeout=0)
+
+    def start(self) -> None:
+        """Load in the background (the server answers /healthz meanwhile), then watch."""
+        self._thread = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            try:
+                self.check_now()
+            except Exception:  # reported in last_error and the load-errors metric
+                pass
+            delay = self.poll_s
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        with self._lock:
+            lm, self.current = self.current, None
+        if lm is not None:
+            lm.batcher.close()

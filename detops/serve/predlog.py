@@ -1,0 +1,199 @@
+"""The prediction log: one record per request, written to the store in batches, off the hot path.
+
+:meth:`PredictionLog.record` never blocks: it puts the record on a bounded queue or, when the
+queue is full (store slow or down), drops it and counts the drop. A background thread takes up
+to ``batch`` records or waits ``flush_ms``, then calls the writer (by default
+:func:`store_writer`: one INSERT of many rows into ``predictions``). A writer error drops that
+batch (counted) and the thread carries on, backing off briefly.
+
+Image sampling (off by default, for privacy): with probability ``sample_rate`` a request's
+bytes ride along with its record and are stored in the artifact store, with a row in
+``image_samples`` that expires after ``retention_days``; expired samples are purged by the
+same thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("detops.serve.log")
+
+Writer = Callable[[list[dict[str, Any]]], None]
+
+_SAMPLE = "_sample_bytes"
+PURGE_EVERY_S = 600.0
+
+
+class PredictionLog:
+    """Bounded, batched, asynchronous sink of prediction records (see the module docstring)."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        max_queue: int = 10_000,
+        batch: int = 256,
+        flush_ms: float = 500,
+        sample_rate: float = 0.0,
+        purge: Callable[[], int] | None = None,
+        metrics: Any = None,
+        seed: int | None = None,
+    ) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
+        self.batch = batch
+        self.flush_s = flush_ms / 1000
+        self.sample_rate = sample_rate
+        self._purge = purge
+        self._rng = random.Random(seed)
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self.written = 0
+        self.dropped = 0
+
+    def start(self) -> PredictionLog:
+        self._thread.start()
+        return self
+
+    def want_sample(self) -> bool:
+        return self.sample_rate > 0 and self._rng.random() < self.sample_rate
+
+    def record(self, rec: dict[str, Any], image: bytes | None = None) -> bool:
+        """Queue ``rec`` (plus the image bytes to sample, if any); False if it was dropped."""
+        if image is not None:
+            rec[_SAMPLE] = image
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            self._count("dropped_full", 1)
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _count(self, outcome: str, n: int) -> None:
+        if outcome == "written":
+            self.written += n
+        else:
+            self.dropped += n
+        if self._metrics is not None:
+            self._metrics.log_records.labels(outcome).inc(n)
+
+    def _run(self) -> None:
+        next_purge = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            records: list[dict[str, Any]] = []
+            deadline = time.monotonic() + (0 if stopping else self.flush_s)
+            while len(records) < self.batch:
+                left = deadline - time.monotonic()
+                try:
+                    # short slices, so close() is noticed without waiting a whole flush period
+                    records.append(
+                        self._queue.get(timeout=min(left, 0.05))
+                        if left > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    if left <= 0 or self._stop.is_set():
+                        break
+            if self._metrics is not None:
+                self._metrics.log_queue.set(self._queue.qsize())
+            if records:
+                try:
+                    self._writer(records)
+                    self._count("written", len(records))
+                except Exception as e:  # the store is down: drop, count, back off
+                    self._count("dropped_store_error", len(records))
+                    log.warning("prediction log: dropped %d records: %s", len(records), e)
+                    self._stop.wait(min(1.0, self.flush_s))
+            if self._purge is not None and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_EVERY_S
+                try:
+                    self._purge()
+                except Exception as e:
+                    log.warning("prediction log: purging expired samples failed: %s", e)
+            if stopping and self._queue.empty():
+                return
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued (up to ``timeout``), then stop."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+def store_writer(ws: Any, retention_days: float = 7.0, metrics: Any = None) -> Writer:
+    """A writer that inserts records into ``predictions`` (and sampled images) of ``ws``."""
+    from sqlalchemy import insert
+
+    from detops.store.schema import image_samples, predictions
+
+    def write(records: list[dict[str, Any]]) -> None:
+        samples = []
+        for rec in records:
+            data = rec.pop(_SAMPLE, None)
+            if data is not None:
+                at = rec["at"]
+                samples.append(
+                    {
+                        "request_id": rec["request_id"],
+                        "artifact": ws.artifacts.put_bytes(data),
+                        "at": at,
+                        "expires_at": at + dt.timedelta(days=retention_days),
+                    }
+                )
+        with ws.db.write() as conn:
+            conn.execute(insert(predictions), records)
+            if samples:
+                # a client may reuse a request id: keep the first sample
+                conn.execute(
+                    insert(image_samples).prefix_with("OR IGNORE", dialect="sqlite"), samples
+                )
+        if samples and metrics is not None:
+            metrics.samples.inc(len(samples))
+
+    return write
+
+
+def sample_purger(ws: Any) -> Callable[[], int]:
+    """Delete expired ``image_samples`` rows and the artifacts no other sample references."""
+    from sqlalchemy import delete, select
+
+    from detops.store.db import utcnow
+    from detops.store.schema import image_samples
+
+    def purge() -> int:
+        now = utcnow()
+        with ws.db.write() as conn:
+            expired = conn.execute(
+                select(image_samples.c.request_id, image_samples.c.artifact).where(
+                    image_samples.c.expires_at <= now
+                )
+            ).all()
+            if not expired:
+                return 0
+            conn.execute(delete(image_samples).where(image_samples.c.expires_at <= now))
+            still = {
+                a
+                for (a,) in conn.execute(
+                    select(image_samples.c.artifact).where(
+                        image_samples.c.artifact.in_({r.artifact for r in expired})
+                    )
+                )
+            }
+        for digest in {r.artifact for r in expired} - still:
+            ws.artifacts.remove(digest)
+        return len(expired)
+
+    return purge

@@ -1,0 +1,351 @@
+"""The request pipeline behind the HTTP routes, independent of FastAPI.
+
+``bytes -> (thread pool) decode + features + pre-process -> router -> batcher(version)
+-> post-process -> response dict``, and one prediction-log record per image. Every refusal is
+an :class:`HTTPProblem` carrying its status, a machine-readable code and a message that names
+the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from detops.config import ServeSettings
+from detops.errors import (
+    DeadlineExceeded,
+    ImageDecodeError,
+    ImageTooLarge,
+    ModelError,
+    Overloaded,
+    ServeError,
+)
+from detops.monitor.features import ImageFeatures, image_features
+from detops.serve.batching import Batcher, BatchResult
+from detops.serve.metrics import ServeMetrics
+from detops.serve.models import ModelHost, NotReady
+from detops.serve.predlog import PredictionLog
+from detops.serve.routing import Route, Router
+
+MEDIA_TYPES = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/bmp": "bmp"}
+MEDIA_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "image/x-ms-bmp": "image/bmp",
+    "image/x-bmp": "image/bmp",
+}
+
+
+class HTTPProblem(ServeError):
+    """A refusal: HTTP ``status``, ``code`` (the metrics reason) and a message."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def sniff_format(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    return None
+
+
+def problem_from(exc: BaseException) -> HTTPProblem:
+    """The HTTP refusal for an exception raised while serving a request."""
+    if isinstance(exc, HTTPProblem):
+        return exc
+    if isinstance(exc, ImageTooLarge):
+        return HTTPProblem(413, "too_many_pixels", str(exc))
+    if isinstance(exc, ImageDecodeError):
+        return HTTPProblem(400, "bad_image", str(exc))
+    if isinstance(exc, Overloaded):
+        return HTTPProblem(
+            503, "overloaded", str(exc), {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return HTTPProblem(504, "timeout", str(exc))
+    if isinstance(exc, NotReady):
+        return HTTPProblem(503, "not_ready", str(exc), {"Retry-After": "1"})
+    if isinstance(exc, ModelError):
+        return HTTPProblem(500, "model_error", str(exc))
+    return HTTPProblem(500, "model_error", f"internal error: {type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class Prepared:
+    tensor: np.ndarray
+    transform: Any
+    features: ImageFeatures
+    decode_s: float
+    result: BatchResult | None = None  # set when the model was idle and ran right away
+
+
+def _prepare(runtime: Any, batcher: Batcher, data: bytes) -> Prepared:
+    """In a pool thread: decode, features, pre-process; run now if the model is idle."""
+    t0 = time.perf_counter()
+    img = runtime.decode_image(data)
+    features = image_features(img)
+    tensor, transforms = runtime.preprocess([img])
+    prep = Prepared(tensor, transforms[0], features, time.perf_counter() - t0)
+    prep.result = batcher.try_direct(tensor)
+    return prep
+
+
+class Service:
+    """Settings, router, prediction log, metrics and the decode pool of one server."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        router: Router,
+        *,
+        host: ModelHost | None = None,
+        log: PredictionLog | None = None,
+        metrics: ServeMetrics | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.host = host
+        self.log = log
+        self.metrics = metrics or ServeMetrics(settings.max_batch_size)
+        self.pool = ThreadPoolExecutor(
+            max_workers=decode_threads or max(2, os.cpu_count() or 2),
+            thread_name_prefix="decode",
+        )
+        self.timeout_s = settings.timeout_ms / 1000
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.log is not None:
+            self.log.start()
+        if self.host is not None:
+            self.host.start()
+
+    def stop(self) -> None:
+        if self.host is not None:
+            self.host.stop()
+        if self.log is not None:
+            self.log.close()
+        self.pool.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.router.ready
+
+    # -- auth --------------------------------------------------------------------------------
+
+    def check_token(self, authorization: str | None, what: str) -> None:
+        token = self.settings.token
+        if not token:
+            raise HTTPProblem(
+                403,
+                "forbidden",
+                f"{what}: disabled because no token is configured; set serve.token in "
+                "detops.yaml or the DETOPS_SERVE_TOKEN environment variable",
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise HTTPProblem(
+                401,
+                "unauthorized",
+                f"{what} needs the header 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPProblem(403, "forbidden", "the bearer token is not valid")
+
+    # -- detection -----------------------------------------------------------------------------
+
+    async def detect(
+        self,
+        data: bytes,
+        *,
+        request_id: str,
+        started: float,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Detect objects in encoded image bytes; the response dict (see DetectResponse)."""
+        route: Route | None = None
+        prep: Prepared | None = None
+        result: dict[str, Any] | None = None
+        error: HTTPProblem | None = None
+        try:
+            if not data:
+                raise HTTPProblem(400, "empty_body", "the request body is empty; send image bytes")
+            route = self.router.route(request_id)
+            if state is not None:
+                state["model_version"] = route.version
+            lm = route.model
+            rt = lm.runtime
+            loop = asyncio.get_running_loop()
+            lm.batcher.announce()  # a request is on its way: "wait" batches may hold for it
+            try:
+                # asyncio.timeout, unlike wait_for, adds no task and no extra loop iteration
+                async with asyncio.timeout(
+                    max(0.0, started + self.timeout_s - time.perf_counter())
+                ):
+                    prep = await loop.run_in_executor(self.pool, _prepare, rt, lm.batcher, data)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no answer from {lm.ref} within serve.timeout_ms="
+                    f"{self.settings.timeout_ms:g} ms (decoding, or the model was busy); "
+                    "retry, or raise the timeout"
+                ) from None
+            finally:
+                lm.batcher.unannounce()
+            self.metrics.latency["decode"].observe(prep.decode_s)
+            res = prep.result
+            if res is None:
+                res = await self._queued(lm, prep.tensor, started)
+            self.metrics.latency["queue"].observe(res.queue_s)
+            self.metrics.latency["inference"].observe(res.infer_s)
+            t_post = time.perf_counter()
+            det = rt.postprocess(
+                res.outputs,
+                [prep.transform],
+                score_threshold=score_threshold,
+                max_detections=max_detections,
+            )[0]
+            post_s = time.perf_counter() - t_post
+            names = rt.spec.class_names
+            result = {
+                "request_id": request_id,
+                "model": {"name": lm.name, "version": lm.version},
+                "route": route.to_dict(),
+                "image": {"width": prep.features.width, "height": prep.features.height},
+                "detections": det.to_list(names),
+                "timings_ms": {
+                    "decode": round(prep.decode_s * 1e3, 3),
+                    "queue": round(res.queue_s * 1e3, 3),
+                    "inference": round((res.infer_s + post_s) * 1e3, 3),
+                    "total": round((time.perf_counter() - started) * 1e3, 3),
+                },
+            }
+            return result
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            error = problem_from(exc)
+            self.metrics.reject(error.code)
+            raise error from (None if exc is error else exc)
+        finally:
+            if route is not None:
+                self.router.release(route)
+            if self.log is not None:
+                self._log(request_id, route, data, prep, result, error, started)
+
+    async def _queued(self, lm: Any, tensor: np.ndarray, started: float) -> BatchResult:
+        remaining = started + self.timeout_s - time.perf_counter()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"request took over serve.timeout_ms={self.settings.timeout_ms:g} ms "
+                "before reaching the model"
+            )
+        fut = lm.batcher.submit(tensor, timeout_s=remaining)
+        try:
+            async with asyncio.timeout(remaining):
+                return await fut
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no answer from {lm.ref} within serve.timeout_ms="
+                f"{self.settings.timeout_ms:g} ms (queue depth {lm.batcher.depth}); "
+                "retry, or raise the timeout"
+            ) from None
+
+    def _log(
+        self,
+        request_id: str,
+        route: Route | None,
+        data: bytes,
+        prep: Prepared | None,
+        result: dict[str, Any] | None,
+        error: HTTPProblem | None,
+        started: float,
+    ) -> None:
+        assert self.log is not None
+        rec: dict[str, Any] = {
+            "request_id": request_id[:64],
+            "at": dt.datetime.now(dt.UTC),
+            "model_name": route.model.name if route else None,
+            "model_version": route.model.version if route else None,
+            "route": route.reason if route else None,
+            "status": 200 if error is None else error.status,
+            "latency_ms": (time.perf_counter() - started) * 1e3,
+            "timings": result["timings_ms"] if result else None,
+            "bytes": len(data),
+            "format": sniff_format(data),
+            "error": None if error is None else f"{error.code}: {error.detail}"[:1000],
+            "width": None,
+            "height": None,
+            "brightness": None,
+            "contrast": None,
+            "sharpness": None,
+            "n_boxes": None,
+            "max_score": None,
+            "mean_score": None,
+            "class_counts": None,
+        }
+        if prep is not None:
+            f = prep.features
+            rec.update(
+                width=f.width,
+                height=f.height,
+                brightness=f.brightness,
+                contrast=f.contrast,
+                sharpness=f.sharpness,
+            )
+        if result is not None:
+            dets = result["detections"]
+            scores = [d["score"] for d in dets]
+            counts: dict[str, int] = {}
+            for d in dets:
+                counts[d["label"]] = counts.get(d["label"], 0) + 1
+            rec.update(
+                n_boxes=len(dets),
+                max_score=max(scores) if scores else None,
+                mean_score=sum(scores) / len(scores) if scores else None,
+                class_counts=counts,
+            )
+        sample = data if (prep is not None and self.log.want_sample()) else None
+        self.log.record(rec, sample)
+
+    # -- raw tensors (Open Inference Protocol) ---------------------------------------------------
+
+    async def infer_tensor(self, tensor: np.ndarray, *, request_id: str) -> tuple[Route, Any]:
+        """Run a pre-processed batch through the live version's batcher; raw outputs."""
+        route = self.router.route(request_id)
+        try:
+            fut = route.model.batcher.submit(tensor, timeout_s=self.timeout_s, solo=True)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    res = await fut
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no answer from {route.version} within serve.timeout_ms="
+                    f"{self.settings.timeout_ms:g} ms"
+                ) from None
+            return route, res
+        finally:
+            self.router.release(route)

@@ -1,0 +1,187 @@
+"""The batcher on its own: results in order, policies, bounded queue, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from detops.errors import DeadlineExceeded, ModelError, Overloaded
+from detops.serve.batching import Batcher, choose_policy, measure_batch_gain
+
+
+def rowsum(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """A fake model: one output row per input row (its sum), so order is checkable."""
+    return {"sum": batch.reshape(batch.shape[0], -1).sum(axis=1)}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(
+    "gain, policy",
+    [
+        (0.50, "off"),  # batching is clearly slower
+        (0.89, "off"),
+        (0.90, "greedy"),  # within noise of "a batch of N costs N images": never wait
+        (1.00, "greedy"),
+        (1.20, "greedy"),  # small gain: batch what is queued, never wait
+        (1.25, "wait"),  # worth waiting for (GPU)
+        (6.00, "wait"),
+    ],
+)
+def test_choose_policy(gain, policy):
+    assert choose_policy(gain) == policy
+
+
+def test_measure_batch_gain_sees_per_call_overhead():
+    # a model whose cost is a fixed 2 ms per call whatever the batch: batching 8 gains ~8x
+    ev = threading.Event()
+
+    def fixed_cost(batch):
+        ev.wait(0.002)
+        return {}
+
+    gain = measure_batch_gain(fixed_cost, np.zeros((1, 3, 4, 4), np.float32), 8, repeats=3)
+    assert gain > 3
+    assert measure_batch_gain(fixed_cost, np.zeros((1, 3, 4, 4), np.float32), 1) == 1.0
+
+
+@pytest.mark.parametrize("policy", ["wait", "greedy", "off"])
+def test_every_job_gets_its_own_rows_in_order(policy):
+    seen: list[int] = []
+
+    def model(batch):
+        seen.append(batch.shape[0])
+        return rowsum(batch)
+
+    b = Batcher(model, name="m", max_batch_size=4, max_queue_delay_ms=50, policy=policy).start()
+
+    async def main():
+        futs = []
+        for _ in range(10):
+            b.announce()  # "wait" holds a batch open only while more requests are announced
+        for i in range(10):
+            b.unannounce()
+            futs.append(b.submit(np.full((1, 2, 2), i, np.float32), timeout_s=5))
+        return await asyncio.gather(*futs)
+
+    results = run(main())
+    b.close()
+    assert [float(r.outputs["sum"][0]) for r in results] == [4.0 * i for i in range(10)]
+    assert sum(seen) == 10 and max(seen) <= (1 if policy == "off" else 4)
+    if policy != "off":
+        assert max(seen) > 1  # ten jobs queued at once were batched
+    assert {r.batch_rows for r in results} <= set(seen)
+
+
+def test_multi_row_jobs_and_static_batch_padding():
+    calls: list[tuple[int, ...]] = []
+
+    def model(batch):
+        calls.append(batch.shape)
+        return rowsum(batch)
+
+    b = Batcher(model, name="m", max_batch_size=8, policy="greedy", static_batch=4).start()
+
+    async def main():
+        return await b.submit(np.ones((3, 2, 2), np.float32), timeout_s=5)
+
+    res = run(main())
+    b.close()
+    assert calls == [(4, 2, 2)]  # padded to the graph's fixed batch of 4
+    assert res.outputs["sum"].tolist() == [4.0, 4.0, 4.0]  # the padding row is not returned
+
+
+def test_full_queue_raises_overloaded_and_expired_jobs_are_dropped():
+    gate = threading.Event()
+    started = threading.Event()
+    ran: list[int] = []
+
+    def slow(batch):
+        started.set()
+        gate.wait(10)
+        ran.append(batch.shape[0])
+        return rowsum(batch)
+
+    b = Batcher(slow, name="m", max_batch_size=1, max_queue=2, policy="off").start()
+
+    async def main():
+        x = np.zeros((1, 2, 2), np.float32)
+        first = b.submit(x, timeout_s=5)
+        while not started.is_set():  # the first job is inside the model now
+            await asyncio.sleep(0.001)
+        expiring = b.submit(x, timeout_s=0.0)  # its deadline passes while it waits
+        kept = b.submit(x, timeout_s=5)
+        with pytest.raises(Overloaded, match="max_queue 2"):
+            b.submit(x, timeout_s=5)
+        gate.set()
+        out = await asyncio.gather(first, expiring, kept, return_exceptions=True)
+        return out
+
+    first, expiring, kept = run(main())
+    b.close()
+    assert isinstance(expiring, DeadlineExceeded)
+    assert not isinstance(first, BaseException) and not isinstance(kept, BaseException)
+    assert ran == [1, 1]  # the expired job never reached the model
+
+
+def test_a_failing_batch_fails_its_jobs_and_the_thread_carries_on():
+    calls = []
+
+    def flaky(batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return rowsum(batch)
+
+    b = Batcher(flaky, name="m", policy="off").start()
+
+    async def main():
+        x = np.ones((1, 2), np.float32)
+        bad = await asyncio.gather(b.submit(x, timeout_s=5), return_exceptions=True)
+        good = await b.submit(x, timeout_s=5)
+        return bad[0], good
+
+    bad, good = run(main())
+    b.close()
+    assert isinstance(bad, ModelError) and "boom" in str(bad)
+    assert good.outputs["sum"].tolist() == [2.0]
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="expected one of wait, greedy, off"):
+        Batcher(rowsum, name="m", policy="sometimes")
+
+
+def test_an_idle_model_runs_a_request_directly_and_a_busy_one_queues_it():
+    gate, inside = threading.Event(), threading.Event()
+
+    def model(batch):
+        inside.set()
+        gate.wait(10)
+        return rowsum(batch)
+
+    x = np.ones((1, 2), np.float32)
+    b = Batcher(model, name="m", policy="greedy").start()
+    gate.set()
+    direct = b.try_direct(x)  # idle, nothing queued: runs in this thread
+    assert direct is not None and direct.outputs["sum"].tolist() == [2.0] and direct.queue_s == 0
+    gate.clear()
+    inside.clear()
+    holder = threading.Thread(target=b.try_direct, args=(x,))
+    holder.start()
+    inside.wait(10)
+    assert b.try_direct(x) is None  # the model is busy: the caller must queue
+    gate.set()
+    holder.join(10)
+    b.close()
+    waiting = Batcher(rowsum, name="w", policy="wait")
+    waiting.announce()
+    waiting.announce()
+    assert waiting.try_direct(x) is None  # another request is on its way: batch with it
+    waiting.unannounce()
+    assert waiting.try_direct(x) is not None  # alone: never waits

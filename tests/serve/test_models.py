@@ -1,0 +1,125 @@
+"""Hot model swap against a real running server under concurrent load."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from detops.model.registry import register_model, set_alias
+from detops.serve.models import ModelHost, NotReady
+from tests.serve.conftest import const_onnx, image_bytes, spec, wait_until
+
+JPEG = {"content-type": "image/jpeg"}
+V2_BOX = [4.0, 8.0, 20.0, 30.0]  # const graph of v2, on a 64x64 image (1:1 letterbox)
+
+
+def test_alias_move_swaps_without_failing_a_request(running_server):
+    server = running_server({"serve.alias_poll_s": 0.1, "serve.max_batch_size": 4})
+    ws = server.ws
+    register_model(ws, "det", const_onnx(), spec())
+    data = image_bytes(64, 64, value=128)
+    v1_box = server.client.post("/v1/detect", content=data, headers=JPEG).json()["detections"][0]
+    stop = threading.Event()
+    answers: list[tuple[int, int, list[float]]] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/v1/detect", content=data, headers=JPEG)
+                body = r.json()
+                with lock:
+                    answers.append(
+                        (
+                            r.status_code,
+                            body.get("model", {}).get("version", -1),
+                            body["detections"][0]["box"] if r.status_code == 200 else [],
+                        )
+                    )
+
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(hammer) for _ in range(4)]
+        wait_until(lambda: len(answers) >= 20, what="load on v1")
+        set_alias(ws, "det@v2", "production")
+        wait_until(lambda: any(v == 2 for _, v, _ in answers), what="the swap to v2")
+        n = len(answers)
+        wait_until(lambda: len(answers) >= n + 20, what="load on v2")
+        stop.set()
+        for f in futs:
+            f.result()
+
+    assert {s for s, _, _ in answers} == {200}  # no request failed during the swap
+    versions = [v for _, v, _ in answers]
+    assert set(versions) == {1, 2}
+    # every answer came whole from the version it names (no half-loaded model)
+    for _, v, box in answers:
+        expected = v1_box["box"] if v == 1 else V2_BOX
+        assert box == pytest.approx(expected, abs=1e-4)
+    # once v2 answered, v1 no longer did (modulo requests already in flight at the swap)
+    first_v2 = versions.index(2)
+    assert versions[first_v2 + 8 :].count(1) == 0
+    status = server.client.get("/v1/models").json()[0]
+    assert status["ref"] == "det@v2"
+    metrics = server.client.get("/metrics").text
+    assert "detops_model_swaps_total 1.0" in metrics
+
+
+def test_admin_reload_swaps_now(running_server):
+    server = running_server({"serve.alias_poll_s": 3600, "serve.token": "t"})
+    register_model(server.ws, "det", const_onnx(), spec())
+    set_alias(server.ws, "det@v2", "production")
+    r = server.client.post("/admin/reload", headers={"authorization": "Bearer t"})
+    assert r.json() == {"swapped": True, "version": "det@v2", "follows": "det@production"}
+    d = server.client.post("/v1/detect", content=image_bytes(64, 64), headers=JPEG).json()
+    assert d["model"]["version"] == 2 and d["route"]["version"] == "det@v2"
+
+
+class FakeBatcher:
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self, timeout=None) -> None:
+        self.closed += 1
+
+
+def _fake(version: int):
+    from detops.serve.models import LoadedModel
+
+    return LoadedModel("det", version, runtime=None, batcher=FakeBatcher(), policy="off", gain=None)
+
+
+def test_the_old_version_closes_only_when_its_last_user_leaves():
+    target = {"v": 1}
+    host = ModelHost(
+        "det@production", resolve=lambda: ("det", target["v"]), load=lambda n, v: _fake(v)
+    )
+    with pytest.raises(NotReady, match="not loaded yet"):
+        host.acquire()
+    assert host.check_now() is True and host.check_now() is False  # unchanged alias: no reload
+    v1 = host.acquire()
+    target["v"] = 2
+    assert host.check_now() is True
+    assert host.current.version == 2 and v1.batcher.closed == 0  # still in use
+    host.release(v1)
+    assert v1.batcher.closed == 1
+    host.stop()
+    assert host.current is None
+
+
+def test_a_failed_load_keeps_the_live_version_and_reports():
+    target = {"v": 1}
+
+    def load(name, v):
+        if v == 2:
+            raise RuntimeError("ONNX bytes hash to 0123, expected abcd")
+        return _fake(v)
+
+    host = ModelHost("det@production", resolve=lambda: ("det", target["v"]), load=load)
+    host.check_now()
+    target["v"] = 2
+    with pytest.raises(RuntimeError):
+        host.check_now()
+    assert host.current.version == 1 and "hash" in host.last_error

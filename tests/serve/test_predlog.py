@@ -1,0 +1,133 @@
+"""The prediction log: records in the store, never blocking requests, drops counted, sampling."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from detops.serve.predlog import PredictionLog, sample_purger
+from detops.store.schema import image_samples, predictions
+from tests.serve.conftest import image_bytes, wait_until
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+def rows(ws, table=predictions):
+    with ws.db.read() as conn:
+        return [
+            r._asdict()
+            for r in conn.execute(select(table).order_by(table.c[list(table.c.keys())[0]]))
+        ]
+
+
+def test_every_request_leaves_a_record(running_server):
+    server = running_server({"serve.log_flush_ms": 20})
+    ok = image_bytes(80, 60, value=200)
+    server.client.post("/v1/detect", content=ok, headers=dict(JPEG, **{"x-request-id": "good-1"}))
+    server.client.post(
+        "/v1/detect", content=b"junk", headers=dict(JPEG, **{"x-request-id": "bad-1"})
+    )
+    wait_until(lambda: len(rows(server.ws)) == 2, what="two records")
+    good, bad = sorted(rows(server.ws), key=lambda r: r["request_id"], reverse=True)
+    assert good["request_id"] == "good-1" and good["status"] == 200
+    assert (good["model_name"], good["model_version"], good["route"]) == ("det", 1, "live")
+    assert (good["width"], good["height"], good["bytes"], good["format"]) == (
+        80,
+        60,
+        len(ok),
+        "jpeg",
+    )
+    assert good["brightness"] == pytest.approx(200, abs=2) and good["contrast"] < 2
+    assert good["n_boxes"] == 1 and good["max_score"] == pytest.approx(0.9)
+    assert good["class_counts"] == {"person": 1}
+    assert set(good["timings"]) == {"decode", "queue", "inference", "total"}
+    assert bad["status"] == 400 and bad["error"].startswith("bad_image:")
+    assert bad["n_boxes"] is None and bad["width"] is None
+
+
+def test_a_stuck_store_never_slows_requests_and_drops_are_counted():
+    gate = threading.Event()
+    writes: list[int] = []
+
+    def stuck(records):
+        gate.wait(10)  # the store hangs
+        writes.append(len(records))
+
+    log = PredictionLog(stuck, max_queue=5, batch=2, flush_ms=5).start()
+    t = time.perf_counter()
+    accepted = [log.record({"i": i}) for i in range(50)]
+    elapsed = time.perf_counter() - t
+    assert elapsed < 0.05  # 50 records offered without waiting on the store
+    assert sum(accepted) <= 5 + 2 and log.dropped == 50 - sum(accepted)
+    gate.set()
+    log.close()
+    assert sum(writes) == sum(accepted) and log.written == sum(accepted)
+
+
+def test_a_failing_store_drops_the_batch_counts_it_and_carries_on():
+    calls = []
+
+    def down_then_up(records):
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise ConnectionError("database is down")
+
+    log = PredictionLog(down_then_up, batch=10, flush_ms=5).start()
+    log.record({"i": 0})
+    wait_until(lambda: log.dropped == 1, what="the failed write")
+    log.record({"i": 1})
+    log.close()
+    assert (log.dropped, log.written) == (1, 1)
+
+
+def test_drops_show_in_metrics(running_server, make_ws):
+    from detops.serve.app import build_service
+
+    service = build_service(make_ws({"serve.log_queue": 1, "serve.log_batch": 1}), "det@production")
+    gate = threading.Event()
+    service.log._writer = lambda records: gate.wait(10)  # the store hangs
+    server = running_server(service=service)
+    for _ in range(5):
+        r = server.client.post("/v1/detect", content=image_bytes(), headers=JPEG)
+        assert r.status_code == 200
+    text = server.client.get("/metrics").text
+    gate.set()
+    line = next(
+        x for x in text.splitlines()
+        if x.startswith('detops_prediction_log_records_total{outcome="dropped_full"}')
+    )  # fmt: skip
+    assert float(line.split()[-1]) >= 3  # one in the writer, one queued, the rest dropped
+
+
+@pytest.mark.parametrize("rate, kept", [(0.0, 0), (1.0, 3)])
+def test_image_sampling_rate_and_retention(running_server, rate, kept):
+    server = running_server({"serve.sample_rate": rate, "serve.log_flush_ms": 20})
+    images = [image_bytes(seed=i) for i in range(3)]
+    for i, data in enumerate(images):
+        server.client.post(
+            "/v1/detect", content=data, headers=dict(JPEG, **{"x-request-id": f"s{i}"})
+        )
+    wait_until(lambda: len(rows(server.ws)) == 3, what="three records")
+    samples = rows(server.ws, image_samples)
+    assert len(samples) == kept
+    ws = server.ws
+    for s in samples:
+        assert ws.artifacts.get_bytes(s["artifact"]) == images[int(s["request_id"][1:])]
+        assert s["expires_at"] - s["at"] == dt.timedelta(days=7)
+    if kept:
+        # expire one sample: the purge removes its row and its bytes, nothing else
+        with ws.db.write() as conn:
+            conn.execute(
+                update(image_samples)
+                .where(image_samples.c.request_id == "s0")
+                .values(expires_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+            )
+        assert sample_purger(ws)() == 1
+        left = rows(ws, image_samples)
+        assert sorted(s["request_id"] for s in left) == ["s1", "s2"]
+        gone = next(s for s in samples if s["request_id"] == "s0")["artifact"]
+        assert not ws.artifacts.exists(gone)
