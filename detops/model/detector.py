@@ -3,9 +3,11 @@
 Heavy module (imports torch): only training and export import it; serving reads the ONNX graph.
 
 Architecture: a depthwise-separable backbone down to stride 32, an FPN-like top-down path back
-to stride 4, and two heads on the stride-4 map:
+to stride 4 (``neck_wide`` channels down to stride 8, ``neck`` at stride 4), and two heads on the
+stride-4 map:
 
-- ``heat`` (``num_classes`` channels): logits of a per-class centre heatmap (sigmoid; bias
+- ``heat`` (``num_classes`` channels, after ``heat_blocks`` depthwise-separable 3x3 blocks that
+  widen its receptive field): logits of a per-class centre heatmap (sigmoid; bias
   initialised to -2.19 so every cell starts at p=0.1);
 - ``ltrb`` (4 channels): distances from the cell's point ``((x + .5) * stride, (y + .5) *
   stride)`` to the box's left, top, right and bottom edges, in input pixels
@@ -66,8 +68,12 @@ class DetectorConfig:
     widths: tuple[int, ...] = (24, 64, 128, 192)  # stride 4, 8, 16, 32 backbone channels
     depths: tuple[int, ...] = (1, 2, 3, 2)  # extra stride-1 blocks per stage
     stem: int = 16
-    neck: int = 32  # FPN channels
+    neck: int = 32  # FPN channels at stride 4
     head: int = 32
+    # FPN channels at strides 8..32 (``None``: ``neck``); the class of a large shape is decided
+    # by context the stride-4 map does not see, so the coarse top-down path is wider
+    neck_wide: int | None = 64
+    heat_blocks: int = 2  # depthwise-separable 3x3 blocks on the heat branch (receptive field)
     ltrb_scale: float = 16.0  # pixels per unit of the ltrb head (TTFNet wh_offset_base)
     stride: int = 4
 
@@ -80,6 +86,9 @@ class DetectorConfig:
         for k in ("widths", "depths"):
             if k in d:
                 d[k] = tuple(d[k])
+        # checkpoints written before these fields existed had neither (same weights, same graph)
+        d.setdefault("neck_wide", None)
+        d.setdefault("heat_blocks", 0)
         return cls(**d)
 
 
@@ -126,9 +135,17 @@ class Detector(nn.Module):
         self.stages = nn.ModuleList(stages)
         # top-down path: 1x1 laterals; below stride 4 a DW block smooths each sum; at stride 4
         # (the costliest resolution: 80x80 for 320 px) no BN, one ReLU and one dense 3x3
-        self.lateral = nn.ModuleList(nn.Conv2d(w, c.neck, 1) for w in c.widths)
-        self.smooth = nn.ModuleList(DWBlock(c.neck, c.neck) for _ in c.widths[1:-1])
+        nw = c.neck_wide or c.neck
+        self.lateral = nn.ModuleList(
+            nn.Conv2d(w, c.neck if i == 0 else nw, 1) for i, w in enumerate(c.widths)
+        )
+        self.smooth = nn.ModuleList(DWBlock(nw, nw) for _ in c.widths[1:-1])
+        # the stride-8 sum is projected to the stride-4 width before upsampling (cheaper)
+        self.reduce = nn.Conv2d(nw, c.neck, 1) if nw != c.neck else nn.Identity()
         self.trunk = nn.Conv2d(c.neck, c.head, 3, 1, 1)
+        self.heat_tower = nn.Sequential(
+            *(DWBlock(c.head, c.head) for _ in range(c.heat_blocks))
+        )
         self.heat = nn.Conv2d(c.head, c.num_classes, 1)
         self.ltrb = nn.Conv2d(c.head, 4, 1)
         self._init()
@@ -153,13 +170,15 @@ class Detector(nn.Module):
             feats.append(x)
         y = self.lateral[-1](feats[-1])
         for i in range(len(feats) - 2, -1, -1):
+            if i == 0:
+                y = self.reduce(y)
             y = F.interpolate(y, scale_factor=2.0, mode="nearest") + self.lateral[i](feats[i])
             y = self.smooth[i - 1](y) if i > 0 else F.relu(y)
         return F.relu(self.trunk(y))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y = self.features(x)
-        heat = self.heat(y)
+        heat = self.heat(self.heat_tower(y))
         ltrb = F.relu(self.ltrb(y)) * self.config.ltrb_scale
         return heat, ltrb
 

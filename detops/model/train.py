@@ -85,7 +85,9 @@ class TrainConfig:
     time_budget_s: float | None = None
     patience: int | None = None  # stop after this many evaluations without a better val AP
     amp: Literal["auto", "bf16", "fp32"] = "auto"
-    eval_every: int = 1  # epochs; the last epoch is always evaluated
+    # epochs; the last epoch (and, with a budget, the one the budget ends) is always evaluated.
+    # Each evaluation is charged to the time budget, so not every epoch by default.
+    eval_every: int = 4
     annotator: str | None = None
     warmup_steps: int = 50
     box_weight: float = 5.0
@@ -207,16 +209,22 @@ def _augment(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Flip + scale/translate (one affine per image) and brightness/contrast jitter."""
     b, _, h, w = pixels.shape
-    x = pixels.float() / 255.0
     u = torch.rand(b, 6, generator=gen)
     flip = torch.where(u[:, 0] < cfg.hflip, -1.0, 1.0)
     s = 1.0 + (2 * u[:, 1] - 1) * cfg.scale_jitter
     dx = (2 * u[:, 2] - 1) * cfg.translate * 2  # normalised coords span 2
     dy = (2 * u[:, 3] - 1) * cfg.translate * 2
     if cfg.scale_jitter == 0 and cfg.translate == 0:
-        # flip only: an exact pixel mirror, no resampling (and much cheaper)
-        x = torch.where((flip < 0).view(b, 1, 1, 1), x.flip(3), x)
+        # flip only: an exact pixel mirror on the uint8 pixels, no resampling (much cheaper);
+        # channels-last from here on, the memory format the network trains in
+        px = pixels.clone()
+        fl = (flip < 0).nonzero().flatten()
+        if fl.numel():
+            px[fl] = px[fl].flip(3)
+        x = px.contiguous(memory_format=torch.channels_last).float()  # 0..255
+        x.mul_(1 / 255.0)
     else:
+        x = pixels.float() / 255.0
         # forward map (normalised, align_corners=False): u_out = s * f * u_in + d
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0] = 1 / (s * flip)
@@ -228,8 +236,13 @@ def _augment(
     bright = (2 * u[:, 4] - 1) * cfg.brightness
     contrast = 1.0 + (2 * u[:, 5] - 1) * cfg.contrast
     m = x.mean((1, 2, 3), keepdim=True)
-    x = ((x - m) * contrast.view(b, 1, 1, 1) + m + bright.view(b, 1, 1, 1)).clamp(0, 1)
-    x = (x - _MEAN / 255) / (_STD / 255)
+    # clamp((x - m) * c + m + b, 0, 1), then (. - mean) / std: one affine pass + one clamp
+    c = contrast.view(b, 1, 1, 1)
+    mean, std = _MEAN / 255, _STD / 255
+    scale = c / std  # [B, 3, 1, 1]
+    shift = (m * (1 - c) + bright.view(b, 1, 1, 1) - mean) / std
+    x = torch.addcmul(shift, x, scale)
+    x = torch.clamp(x, (0 - mean) / std, (1 - mean) / std)
     out_b, out_l = [], []
     for i in range(b):
         bx = boxes[i]
@@ -487,8 +500,11 @@ def train(
             loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            opt.step()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            if torch.isfinite(gnorm):
+                opt.step()
+            else:  # a rare non-finite bf16 gradient: skip this update rather than poison weights
+                opt.zero_grad(set_to_none=True)
             step += 1
             losses.append(float(loss.detach()))
             if progress is not None:

@@ -21,7 +21,8 @@ from detops.model.detector import (
 )
 from detops.model.train import TrainConfig, load_checkpoint, train
 
-TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
+TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8,
+        "neck_wide": 16}
 SCENE = SceneConfig(width=64, height=64, min_size=10, max_size=28, max_objects=3,
                     distractors=1, classes=("circle", "square"))
 
@@ -34,7 +35,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory):
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(epochs=3, batch=8, imgsz=64, lr=5e-3, warmup_steps=1, model=TINY, workers=2)
+    base = dict(epochs=3, batch=8, imgsz=64, lr=5e-3, warmup_steps=1, model=TINY, workers=2,
+                eval_every=1)
     base.update(kw)
     return TrainConfig(**base)
 
