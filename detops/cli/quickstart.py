@@ -4,6 +4,7 @@ Stage 1 (data): create a workspace, synthesise scenes labelled by two simulated 
 register them as a dataset version, validate it and print its statistics.
 Stage 2 (model): train the default detector briefly, evaluate it through the ONNX runtime,
 register it and point the alias ``production`` at it.
+Stage 3 (deploy): serve ``det@production`` and print a curl line to try (``--no-serve`` skips).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def quickstart(
     train_minutes: float = typer.Option(
         4.0, "--train-minutes", min=0.1, help="Training time budget (the full recipe takes 10)."
     ),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="End by serving the model."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on."),
 ) -> None:
     """Run the life cycle end to end on synthetic data (idempotent: re-running reuses work)."""
     from detops.data.formats import save
@@ -91,11 +94,16 @@ def quickstart(
     typer.echo(format_stats(st))
     typer.echo(f"plot: {plot} ({time.perf_counter() - t:.1f}s)")
 
+    _model_stage(ws, dv, train_minutes, seed)
+    ws.close()
     typer.secho(
-        "\nnext: detops data show shapes   |   detops data stats shapes --plot s.png", fg="green"
+        "\nnext: detops data show shapes | detops runs list | detops models show det@production"
+        " | detops eval det@production --data shapes --slice-by brightness_bin",
+        fg="green",
     )
     typer.echo(f"(run commands inside {root} or pass --workspace {root})")
-    ws.close()
+    if serve:
+        _serve_stage(root, src, port)
 
 
 def _model_stage(ws: Workspace, dv: DatasetVersion, train_minutes: float, seed: int) -> None:
@@ -143,3 +151,18 @@ def _model_stage(ws: Workspace, dv: DatasetVersion, train_minutes: float, seed: 
         f"latency {ev.get('ms_per_image', float('nan')):.2f} ms/image "
         "(decode + preprocess + ONNX Runtime + NMS, batch 8, this machine)"
     )
+
+
+def _serve_stage(root: Path, src: Path, port: int) -> None:
+    from detops.serve.server import serve
+    from detops.workspace import Workspace
+
+    image = sorted((src / "images").iterdir())[0]
+    _step(f"serve det@production on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    typer.echo("try, from another terminal:")
+    typer.echo(
+        f"  curl -s -X POST -H 'Content-Type: image/jpeg' --data-binary @{image} "
+        f"http://127.0.0.1:{port}/v1/detect"
+    )
+    typer.echo(f"  docs: http://127.0.0.1:{port}/docs   metrics: http://127.0.0.1:{port}/metrics")
+    serve(Workspace(root, flags={"serve.model": "det@production", "serve.port": port}))
