@@ -46,7 +46,8 @@ def split_for(sha256: str, ratios: SplitSettings) -> str:
     >>> split_for("0" * 64, SplitSettings()), split_for("f" * 64, SplitSettings())
     ('train', 'val')
     """
-    u = int(sha256[:16], 16) / 2.0**64
+    # 52 bits: exact in a float and always < 1, so a ratio of 0 is never hit
+    u = int(sha256[:13], 16) / 16.0**13
     if u < ratios.train:
         return "train"
     if u < ratios.train + ratios.val:

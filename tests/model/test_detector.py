@@ -21,8 +21,7 @@ from detops.model.detector import (
 )
 from detops.model.train import TrainConfig, load_checkpoint, train
 
-TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8,
-        "neck_wide": 16}
+TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
 SCENE = SceneConfig(width=64, height=64, min_size=10, max_size=28, max_objects=3,
                     distractors=1, classes=("circle", "square"))
 

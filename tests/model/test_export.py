@@ -20,8 +20,7 @@ from detops.model.detector import Detector, DetectorConfig, DetectorGraph, spec_
 from detops.model.export import export_onnx, parity_check, preprocess
 from detops.model.spec import ModelSpec
 
-TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8,
-        "neck_wide": 16}
+TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
 SIZE = 64
 
 

@@ -19,8 +19,7 @@ from detops.model.train import TrainConfig
 from detops.model.workflow import evaluate_runtime, ground_truth, register_run, train_run
 from detops.workspace import Workspace, init_workspace
 
-TINY = {"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "stem": 8, "neck": 8, "head": 8,
-        "neck_wide": 16}
+TINY = {"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "stem": 8, "neck": 8, "head": 8}
 
 
 @pytest.fixture(scope="module")
