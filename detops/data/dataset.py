@@ -14,7 +14,7 @@ indexes into ``Dataset.categories``.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +66,7 @@ class LossEntry:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "file": self.file,
-            "record": self.record,
-            "message": self.message,
-        }
+        return asdict(self)
 
 
 @dataclass

@@ -40,7 +40,7 @@ import math
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -94,13 +94,7 @@ class Finding:
     severity: Severity
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "file": self.file,
-            "record": self.record,
-            "message": self.message,
-            "severity": self.severity,
-        }
+        return asdict(self)
 
 
 @dataclass

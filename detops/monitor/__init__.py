@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from detops._lazy import attach
 
 _LAZY: dict[str, str] = {
     "ImageFeatures": "detops.monitor.features",
@@ -20,14 +21,4 @@ if TYPE_CHECKING:
     from detops.monitor.features import ImageFeatures, grey_view, image_features
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detops.monitor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, _ = attach(__name__, globals(), _LAZY)

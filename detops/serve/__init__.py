@@ -15,8 +15,9 @@ Parts: :mod:`~detops.serve.service` (the request pipeline), :mod:`~detops.serve.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from detops._lazy import attach
 
 _LAZY: dict[str, str] = {
     "create_app": "detops.serve.app",
@@ -64,14 +65,4 @@ if TYPE_CHECKING:
     from detops.serve.service import HTTPProblem, Service
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detops.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__, _ = attach(__name__, globals(), _LAZY)
