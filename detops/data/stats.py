@@ -76,7 +76,9 @@ def _r(v: float) -> float:
     return round(float(v), 3)
 
 
-def _dist(values: Sequence[float] | np.ndarray, edges: Sequence[float] | None = None) -> dict[str, Any]:
+def _dist(
+    values: Sequence[float] | np.ndarray, edges: Sequence[float] | None = None
+) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
     out: dict[str, Any] = {"n": int(a.size)}
     if a.size:
