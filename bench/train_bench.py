@@ -48,13 +48,13 @@ def main() -> int:
         TrainConfig,
         best_f1_threshold,
         evaluate_model,
-        gt_dict,
         load_checkpoint,
         load_images,
         normalize,
         predict_coco,
         train,
     )
+    from detops.model.workflow import ground_truth
 
     out = Path(args.out)
     data_dir = out / "data"
@@ -92,7 +92,7 @@ def main() -> int:
     model, _ = load_checkpoint(result.best_path)
     va = load_images(val_ds, cfg.imgsz, None)
     stats = evaluate_model(model, val_ds, va, amp=False)  # fp32, as exported
-    threshold, f1 = best_f1_threshold(gt_dict(val_ds, None), predict_coco(model, val_ds, va))
+    threshold, f1 = best_f1_threshold(ground_truth(val_ds, None), predict_coco(model, val_ds, va))
     from detops.model.detector import spec_dict
     from detops.model.spec import ModelSpec
 

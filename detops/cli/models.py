@@ -108,6 +108,22 @@ def models_list(
         )
 
 
+def _metric_rows(
+    name_a: str, ev_a: dict[str, Any] | None, name_b: str, ev_b: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The COCO numbers of two evaluations side by side, with ``b - a``."""
+    ca, cb = (ev_a or {}).get("coco", {}), (ev_b or {}).get("coco", {})
+    return [
+        {
+            "metric": k,
+            name_a: ca.get(k),
+            name_b: cb.get(k),
+            "delta": None if ca.get(k) is None or cb.get(k) is None else cb[k] - ca[k],
+        }
+        for k in dict.fromkeys([*ca, *cb])
+    ]
+
+
 def _num(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -153,18 +169,7 @@ def models_compare(
 
     ws = open_workspace(workspace)
     ma, mb = get_model(ws, a), get_model(ws, b)
-    ca = (ma.evaluation or {}).get("coco", {})
-    cb = (mb.evaluation or {}).get("coco", {})
-    keys = list(dict.fromkeys([*ca, *cb]))
-    rows = [
-        {
-            "metric": k,
-            ma.ref: ca.get(k),
-            mb.ref: cb.get(k),
-            "delta": None if ca.get(k) is None or cb.get(k) is None else cb[k] - ca[k],
-        }
-        for k in keys
-    ]
+    rows = _metric_rows(ma.ref, ma.evaluation, mb.ref, mb.evaluation)
     if as_json:
         print_json(
             {
@@ -279,14 +284,13 @@ def runs_compare(
     ws = open_workspace(workspace)
     ra, rb = get_run(ws, a), get_run(ws, b)
     params = sorted(set(ra.params) | set(rb.params))
-    ca, cb = (ra.evaluation or {}).get("coco", {}), (rb.evaluation or {}).get("coco", {})
     out: dict[str, Any] = {
         "params": {
             k: {ra.id: ra.params.get(k), rb.id: rb.params.get(k)}
             for k in params
             if ra.params.get(k) != rb.params.get(k)
         },
-        "metrics": {k: {ra.id: ca.get(k), rb.id: cb.get(k)} for k in dict.fromkeys([*ca, *cb])},
+        "metrics": _metric_rows(ra.id, ra.evaluation, rb.id, rb.evaluation),
         "dataset": {ra.id: ra.dataset, rb.id: rb.dataset},
         "duration_s": {ra.id: ra.duration_s, rb.id: rb.duration_s},
     }
@@ -297,5 +301,5 @@ def runs_compare(
     typer.echo(f"{'dataset':<16} {ra.dataset or '-':>14} {rb.dataset or '-':>14}")
     for k, v in out["params"].items():
         typer.echo(f"{k:<16} {v[ra.id]!s:>14} {v[rb.id]!s:>14}")
-    for k, v in out["metrics"].items():
-        typer.echo(f"{k:<16} {_num(v[ra.id]):>14} {_num(v[rb.id]):>14}")
+    for r in out["metrics"]:
+        typer.echo(f"{r['metric']:<16} {_num(r[ra.id]):>14} {_num(r[rb.id]):>14}")

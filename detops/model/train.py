@@ -54,6 +54,7 @@ from detops.model.detector import (
     decode,
     detector_loss,
 )
+from detops.model.workflow import ground_truth
 
 __all__ = [
     "EpochMetrics",
@@ -61,7 +62,6 @@ __all__ = [
     "TrainResult",
     "best_f1_threshold",
     "evaluate_model",
-    "gt_dict",
     "load_checkpoint",
     "load_images",
     "predict_coco",
@@ -269,24 +269,6 @@ def _augment(
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def gt_dict(ds: Dataset, annotator: str | None) -> dict[str, Any]:
-    anns: list[dict[str, Any]] = []
-    for a in ds.annotations:
-        if a.annotator != annotator:
-            continue
-        x1, y1, x2, y2 = a.box
-        anns.append({
-            "id": len(anns) + 1, "image_id": a.image_id, "category_id": a.category_id,
-            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-            "iscrowd": int(a.iscrowd),
-        })
-    return {
-        "images": [{"id": r.id, "width": r.width, "height": r.height} for r in ds.images],
-        "annotations": anns,
-        "categories": [{"id": c.id, "name": c.name} for c in ds.categories],
-    }
-
-
 def postprocess(
     dets: np.ndarray, score_threshold: float, nms_iou: float, max_detections: int = 100
 ) -> np.ndarray:
@@ -333,7 +315,7 @@ def predict_coco(
         sx, sy = images.scale[i]
         for x1, y1, x2, y2, score, cls in kept.tolist():
             preds.append({
-                "image_id": rec.id, "category_id": int(cls), "score": float(score),
+                "image_id": rec.id, "category_id": int(cls) + 1, "score": float(score),
                 "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
             })
     return preds
@@ -357,7 +339,7 @@ def evaluate_model(
         images = load_images(ds, imgsz, annotator)
     preds = predict_coco(model, ds, images, amp=amp, score_threshold=score_threshold,
                          nms_iou=nms_iou)
-    return dict(evaluate_coco(gt_dict(ds, annotator), preds).stats)
+    return dict(evaluate_coco(ground_truth(ds, annotator), preds).stats)
 
 
 # -- the loop -----------------------------------------------------------------------------------

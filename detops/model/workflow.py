@@ -107,10 +107,10 @@ def evaluate_runtime(
         "ms_per_image": round(1000 * predict_s / len(ds.images), 3),
     }
     if slice_by:
-        for img in gt["images"]:
-            src = ds.image_by_id()[img["id"]]
-            if slice_by not in src.tags and slice_by == "split":
-                img.setdefault("tags", {})["split"] = src.split
+        if slice_by == "split":  # the split is a field of the record, not a tag: expose it
+            splits = {img.id: img.split for img in ds.images}
+            for img in gt["images"]:
+                img.setdefault("tags", {}).setdefault("split", splits[img["id"]])
         out["slices"] = {k: v.stats for k, v in
                          sorted(evaluate_slices(gt, preds, slice_by).items())}
         out["slice_by"] = slice_by
