@@ -9,6 +9,8 @@ writers. On PostgreSQL a migration holds a transaction-level advisory lock.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +28,33 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _enable_wal(dbapi_conn: Any, busy_timeout_ms: int) -> None:
+    """Switch a file database to WAL, waiting out other connections as the busy timeout says.
+
+    WAL is a property of the file, so this is a no-op after the first connection. Switching
+    needs an exclusive lock and SQLite answers ``SQLITE_BUSY`` at once instead of calling the
+    busy handler, so when several processes open a new store together we retry here.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    cur.execute("PRAGMA journal_mode=WAL")
+                return
+            finally:
+                cur.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
 
@@ -36,7 +65,7 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(dbapi_conn, busy_timeout_ms)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
