@@ -1,4 +1,5 @@
-"""The Data stage: datasets, formats, versions, validation, statistics, synthetic scenes.
+"""The Data stage: datasets, formats, versions, validation, statistics, synthetic scenes,
+label consistency across annotators, consensus, the human-level baseline, label-error candidates.
 
 >>> from detops.data import Dataset, load_coco  # the way in; modules load on first use
 """
@@ -38,6 +39,10 @@ _EXPORTS = {
     "list_versions": "detops.data.versions",
     "diff_versions": "detops.data.versions",
     "split_for": "detops.data.versions",
+    "check_consistency": "detops.data.consistency",
+    "build_consensus": "detops.data.consensus",
+    "human_level": "detops.data.baseline",
+    "find_label_errors": "detops.data.label_errors",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, globals(), _EXPORTS)

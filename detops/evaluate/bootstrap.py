@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,10 +68,8 @@ def bootstrap_ci(
     dt_rows = _rows_by(dt_img, n_img)
     categories = [dict(c) for c in g.categories]
 
-    rng = np.random.default_rng(seed)
     samples = {m: np.empty(n) for m in METRICS}
-    for r in range(n):
-        pick = rng.integers(0, n_img, n_img)
+    for r, pick in enumerate(resample_images(n_img, n, seed)):
         ga = [gt_rows[k] for k in pick]
         da = [dt_rows[k] for k in pick]
         g_rows = np.concatenate(ga) if ga else np.zeros(0, np.int64)
@@ -99,6 +97,19 @@ def bootstrap_ci(
         lo, hi = np.percentile(samples[m], q)
         low[m], high[m] = float(lo), float(hi)
     return BootstrapCI(point, low, high, n, alpha, seed, samples)
+
+
+def resample_images(n_img: int, n: int, seed: int) -> Iterator[np.ndarray]:
+    """The ``n`` bootstrap draws of :func:`bootstrap_ci`: each ``n_img`` image indexes drawn
+    with replacement. Other statistics resampled with the same ``seed`` (e.g. precision and
+    recall beside AP) use the very same replicates.
+
+    >>> [p.tolist() for p in resample_images(3, 2, seed=0)]
+    [[2, 1, 1], [0, 0, 0]]
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield rng.integers(0, n_img, n_img)
 
 
 def _rows_by(owner: np.ndarray, n: int) -> list[np.ndarray]:
