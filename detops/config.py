@@ -59,8 +59,27 @@ class DataSettings(_Section):
     )
 
 
+AutomationLevel = Literal["human_only", "shadow", "ai_assistance", "partial", "full"]
+
+
+class ReviewBand(_Section):
+    low: float = Field(0.3, ge=0, le=1, description="lowest score that asks for review")
+    high: float = Field(0.6, ge=0, le=1, description="scores from here up are confident")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReviewBand:
+        if self.low > self.high:
+            raise ValueError(
+                f"review band low={self.low:g} is above high={self.high:g}; expected low <= high"
+            )
+        return self
+
+
 class ServeSettings(_Section):
     model: str | None = Field(None, description="NAME@ALIAS the server follows")
+    deployment: str | None = Field(
+        None, description="deployment to serve (its live version, candidate and rollout)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="server processes")
@@ -85,12 +104,42 @@ class ServeSettings(_Section):
     log_flush_ms: float = Field(500, gt=0)
     sample_rate: float = Field(0.0, ge=0, le=1, description="share of images kept (privacy: 0)")
     sample_retention_days: float = Field(7.0, gt=0)
+    automation: AutomationLevel = Field(
+        "full",
+        description="human_only | shadow | ai_assistance | partial | full: who decides, and "
+        "which requests enter the human review queue",
+    )
+    review_band: ReviewBand = Field(
+        ReviewBand(), description="partial automation: scores in [low, high) ask for review"
+    )
+    review_retention_days: float = Field(30.0, gt=0, description="images kept for review")
+    review_queue: int = Field(256, ge=1, description="review items held before dropping")
+    review_queue_mb: float = Field(256.0, gt=0, description="image bytes held before dropping")
+
+
+class RolloutSettings(_Section):
+    poll_s: float = Field(
+        0.25, gt=0, description="how often a replica checks its deployment's revision"
+    )
+    tick_s: float = Field(0.5, gt=0, description="how often the controller judges the gates")
+    lease_ttl_s: float = Field(
+        3.0, gt=0, description="a controller that stops renewing is replaced after this"
+    )
+    shadow_concurrency: int = Field(1, ge=1, description="shadow requests run at once")
+    shadow_queue: int = Field(8, ge=0, description="shadow requests waiting before shedding")
+    shadow_threads: int = Field(
+        1, ge=0, description="ONNX Runtime threads of a shadow candidate; 0 = one per core"
+    )
+    keep_warm_s: float = Field(
+        300.0, ge=0, description="the previous version stays loaded this long after a switch"
+    )
 
 
 class Settings(_Section):
     store: StoreSettings = StoreSettings()
     data: DataSettings = DataSettings()
     serve: ServeSettings = ServeSettings()
+    rollout: RolloutSettings = RolloutSettings()
 
 
 DEFAULT_YAML = """\
@@ -118,6 +167,8 @@ data:
 serve:
   # The model alias the server follows (hot swap when it moves), e.g. det@production.
   # model: det@production
+  # Or serve a deployment (`detops deploy ...`): live version, candidate, rollout state.
+  # deployment: null
   host: 127.0.0.1
   port: 8000
   workers: 1
@@ -144,6 +195,29 @@ serve:
   # Keep a share of request images in the artifact store (off by default for privacy).
   sample_rate: 0.0
   sample_retention_days: 7
+  # Degrees of automation: human_only (the model runs hidden, people label every image),
+  # shadow, ai_assistance (detections are suggestions, every image is reviewed), partial
+  # (images with a detection scoring in [review_band.low, review_band.high) are reviewed),
+  # full (nothing is reviewed). Review: http://HOST:PORT/review with the token.
+  automation: full
+  review_band:
+    low: 0.3
+    high: 0.6
+  review_retention_days: 30  # images kept for review are deleted after this
+  review_queue: 256          # items waiting to be written before new ones are dropped
+  review_queue_mb: 256       # ... and their image bytes
+
+rollout:
+  # Replicas serving a deployment (`detops serve --deployment NAME`) poll its revision this
+  # often; a rollback reaches every replica within about this time.
+  poll_s: 0.25
+  tick_s: 0.5            # the controller judges the canary gates this often
+  lease_ttl_s: 3.0       # one controller at a time; another replica takes over after this
+  # Shadow work has its own budget and is shed first when live is busy.
+  shadow_concurrency: 1
+  shadow_queue: 8
+  shadow_threads: 1      # ONNX Runtime threads of a shadow candidate (a niced thread)
+  keep_warm_s: 300       # the previous version stays loaded this long after a switch
 """
 
 

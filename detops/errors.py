@@ -16,6 +16,7 @@ The tree, drawn once::
     ├── InvalidReference  (ValueError)   "NAME@vN" / "NAME@ALIAS" that does not parse
     ├── FormatError  (ValueError)        a file that cannot be read as COCO / YOLO / VOC / ...
     ├── ValidationFailed                 ``data validate`` found errors
+    ├── ConsistencyError  (ValueError)   annotators that cannot be compared (one, unknown names)
     ├── InvalidImage  (ValueError)       an image array the runtime cannot use
     │   └── ImageDecodeError             bytes that are empty, corrupt, truncated or too big
     │       └── ImageTooLarge            more pixels than allowed (read from the header)
@@ -23,17 +24,23 @@ The tree, drawn once::
     │   ├── SpecMismatch  (ValueError)   spec does not fit the ONNX graph
     │   └── ParityError                  exported ONNX disagrees with PyTorch
     ├── EvaluationError  (ValueError)    predictions that cannot be evaluated
-    └── ServeError                       the prediction server refused or could not answer
-        ├── Overloaded                   the model's queue is full (HTTP 503 + Retry-After)
-        ├── NotReady                     no model version loaded and warmed yet (HTTP 503)
-        ├── DeadlineExceeded  (TimeoutError)  no answer within the request timeout (HTTP 504)
-        └── (internal to detops.serve: HTTPProblem, BodyTooLarge — turned into responses)
+    ├── ServeError                       the prediction server refused or could not answer
+    │   ├── Overloaded                   the model's queue is full (HTTP 503 + Retry-After)
+    │   ├── NotReady                     no model version loaded and warmed yet (HTTP 503)
+    │   ├── DeadlineExceeded  (TimeoutError)  no answer within the request timeout (HTTP 504)
+    │   └── (internal to detops.serve: HTTPProblem, BodyTooLarge — turned into responses)
+    └── ReviewError                      the human review queue cannot do what was asked
+        ├── ReviewItemNotFound  (KeyError)   no review item with that id (HTTP 404)
+        ├── ReviewClosed                 the item was already reviewed or expired (HTTP 409)
+        └── InvalidFeedback  (ValueError)    corrected boxes that do not fit the item (HTTP 422)
 
 Messages name the thing and the fix, e.g.
 ``labels/0003.txt line 4: class id 7 is not in data.yaml names (0..2)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class DetopsError(Exception):
@@ -104,6 +111,11 @@ class ValidationFailed(DetopsError):
     pass
 
 
+class ConsistencyError(DetopsError, ValueError):
+    """Labels that cannot be compared between annotators: fewer than two, unknown names, or no
+    image that two of them labelled."""
+
+
 class InvalidImage(DetopsError, ValueError):
     """An image the runtime cannot use (wrong array shape or dtype)."""
 
@@ -149,4 +161,50 @@ class NotReady(ServeError):
 
 
 class DeadlineExceeded(ServeError, TimeoutError):
+    pass
+
+
+class ReviewError(DetopsError):
+    pass
+
+
+class ReviewItemNotFound(ReviewError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ReviewClosed(ReviewError):
+    pass
+
+
+class InvalidFeedback(ReviewError, ValueError):
+    """Corrected boxes that do not fit the item; ``errors`` lists ``{loc, msg}`` per problem."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        super().__init__(f"invalid feedback: {where}")
+
+
+class DeploymentError(DetopsError):
+    """A rollout action that cannot be done; the message names the deployment and the fix."""
+
+
+class DeploymentNotFound(DeploymentError, NotFound):
+    pass
+
+
+class DeploymentExists(DeploymentError):
+    pass
+
+
+class InvalidTransition(DeploymentError, ValueError):
+    pass
+
+
+class StaleDeployment(DeploymentError):
+    """The deployment's revision moved between reading it and deciding (another actor won)."""
+
+
+class GatesConfigError(DeploymentError, ValueError):
     pass

@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "detops.cli.models",
     "detops.cli.quickstart",
     "detops.cli.serve",
+    "detops.cli.baseline",
+    "detops.cli.deploy",
 )
 
 for _name in COMMAND_MODULES:

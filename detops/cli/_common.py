@@ -23,6 +23,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def comma_list(value: str | None, option: str, example: str) -> list[str] | None:
+    """The names of a comma-separated option (``None`` when it was not given); an option given
+    with no name in it is an error naming the option and an example."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        fail(f"{option} {value!r}: expected comma-separated names like {example!r}")
+    return names
+
+
 def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 

@@ -7,10 +7,20 @@ from typing import Any
 
 import typer
 
-from detops.cli._common import JsonOpt, ProgressBar, WorkspaceOpt, fail, open_workspace, print_json
+from detops.cli._common import (
+    JsonOpt,
+    ProgressBar,
+    WorkspaceOpt,
+    comma_list,
+    fail,
+    open_workspace,
+    print_json,
+)
 
 data_app = typer.Typer(
-    help="Datasets: add, list, show, diff, export, validate, stats, synth.", no_args_is_help=True
+    help="Datasets: add, add-feedback, list, show, diff, export, validate, stats, synth, "
+    "consistency, consensus, label-errors.",
+    no_args_is_help=True,
 )
 
 FormatOpt = typer.Option(None, "--format", "-f", help="coco | yolo | voc (default: detected)")
@@ -196,6 +206,47 @@ def export(
         typer.echo(f"  not carried by {fmt}: {entry.message}")
 
 
+@data_app.command("add-feedback")
+def add_feedback(
+    name: str = typer.Argument(..., help="Dataset name; the new version is NAME@vN."),
+    since: str = typer.Option(
+        None,
+        "--since",
+        help="Only reviews submitted since: an ISO date or time (UTC unless it says) or an age "
+        "such as 7d, 12h.",
+    ),
+    workspace: str = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register reviewed images (the review queue's corrected boxes) as a dataset version.
+
+    Images come from the review queue's store, boxes from the submitted feedback, and each
+    box's annotator is its reviewer; use the version to retrain. Identical content returns the
+    existing version; a failure registers nothing.
+    """
+    from detops.data.versions import add_dataset
+    from detops.serve.review import feedback_dataset, parse_since
+
+    ws = open_workspace(workspace)
+    after = parse_since(since) if since else None
+    source = "review feedback" + (f" since {after.isoformat()}" if after else "")
+    with feedback_dataset(ws, after) as (ds, summary), ProgressBar("hashing images") as bar:
+        dv = add_dataset(ws, name, ds, source=source, source_format="feedback", progress=bar)
+    if as_json:
+        print_json({**dv.to_dict(), "created": dv.created, "feedback": summary})
+        return
+    verb = "registered" if dv.created else "unchanged, already registered as"
+    typer.echo(
+        f"{verb} {dv.ref}  ({dv.n_images} reviewed images, {dv.n_annotations} boxes by "
+        f"{', '.join(summary['reviewers'])}; digest {dv.digest[:12]})"
+    )
+    if summary["skipped_image_expired"]:
+        typer.echo(
+            f"  skipped {len(summary['skipped_image_expired'])} reviews whose image the "
+            "retention (serve.review_retention_days) already deleted"
+        )
+
+
 @data_app.command("validate")
 def validate_cmd(
     target: str = typer.Argument(..., help="NAME@vN, or a path to a COCO / YOLO / VOC dataset."),
@@ -333,3 +384,141 @@ def synth(
         f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes "
         f"({', '.join(ds.category_names)}) to {out.resolve()} as {fmt}"
     )
+
+
+# -- label consistency (issue 6): agreement, consensus, label-error candidates ------------------
+AnnotatorsOpt = typer.Option(
+    None, "--annotators", help="Compare only these, e.g. 'A,B' (default: every annotator)."
+)
+AllLabelledOpt = typer.Option(
+    False,
+    "--all-labelled",
+    help="Every annotator looked at every image (no box means 'saw nothing'); by default an "
+    "annotator labelled the images it drew on, or those whose tag 'annotators' names it.",
+)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return comma_list(value, "--annotators", "A,B")
+
+
+@data_app.command("consistency")
+def consistency(
+    ref: str = typer.Argument(..., help="NAME@vN with several annotators."),
+    iou: float = typer.Option(0.5, "--iou", help="IoU at which two annotators' boxes match."),
+    strict_iou: float = typer.Option(
+        0.75, "--strict-iou", help="Matched boxes below this IoU are a localisation disagreement."
+    ),
+    edge_tolerance: float = typer.Option(
+        0.03, "--edge-tolerance", help="Edge offset (fraction of the box size) that counts."
+    ),
+    annotators: str = AnnotatorsOpt,
+    all_labelled: bool = AllLabelledOpt,
+    top: int = typer.Option(20, "--top", min=0, help="Most inconsistent images to list."),
+    report: Path = typer.Option(None, "--report", help="Write a self-contained HTML report."),
+    workspace: str = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Do the annotators agree? Typed disagreements, Krippendorff's alpha, conventions in words."""
+    from detops.data.consistency import check_consistency, format_report, write_html
+    from detops.data.versions import load_version
+
+    ws = open_workspace(workspace)
+    ds = load_version(ws, ref)
+    rep = check_consistency(ds, annotators=_names(annotators), iou=iou, strict_iou=strict_iou,
+                            edge_tolerance=edge_tolerance, all_labelled=all_labelled, top=top)
+    path = write_html(rep, ds, report) if report is not None else None
+    if as_json:
+        print_json({**rep.to_dict(), "report": None if path is None else str(path.resolve())})
+        return
+    typer.echo(format_report(rep))
+    if path is not None:
+        typer.echo(f"report: {path.resolve()}")
+
+
+@data_app.command("consensus")
+def consensus(
+    ref: str = typer.Argument(..., help="NAME@vN with several annotators."),
+    name: str = typer.Option(..., "--name", help="Dataset name of the consensus version."),
+    iou: float = typer.Option(0.5, "--iou", help="IoU at which boxes are the same object."),
+    min_votes: int = typer.Option(
+        None, "--min-votes", min=1,
+        help="Annotators who must draw an object (default: half of those who labelled it).",
+    ),
+    annotators: str = AnnotatorsOpt,
+    all_labelled: bool = AllLabelledOpt,
+    workspace: str = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register a consensus version: majority vote, median-fused boxes, who agreed per box."""
+    from detops.data.consensus import add_consensus
+
+    ws = open_workspace(workspace)
+    with ProgressBar("hashing images") as bar:
+        dv = add_consensus(ws, ref, name, annotators=_names(annotators), iou=iou,
+                           min_votes=min_votes, all_labelled=all_labelled, progress=bar)
+    from detops.data.versions import load_version
+
+    info = load_version(ws, dv).info.get("consensus", {})
+    if as_json:
+        print_json({**dv.to_dict(), "created": dv.created, "consensus": info})
+        return
+    verb = "registered" if dv.created else "unchanged, already registered as"
+    typer.echo(f"{verb} {dv.ref}: consensus of {ref} by {', '.join(info.get('annotators', []))} "
+               f"({info.get('rule')}): {info.get('objects_kept')} boxes kept, "
+               f"{info.get('objects_dropped')} objects without enough votes dropped, "
+               f"{info.get('class_ties')} class ties")
+    typer.echo(f"  who agreed on each box: detops data export {dv.ref} OUT (attributes)")
+
+
+@data_app.command("label-errors")
+def label_errors(
+    ref: str = typer.Argument(..., help="NAME@vN whose labels to check."),
+    model: str = typer.Option(..., "--model", help="MODEL@ALIAS or MODEL@vN to check with."),
+    annotator: str = typer.Option(
+        None, "--annotator", help="Whose labels (default: the model's, else the first)."
+    ),
+    min_score: float = typer.Option(
+        None, "--min-score", help="Confident predictions (default: the model's threshold)."
+    ),
+    iou: float = typer.Option(0.5, "--iou", help="Below this IoU a matched label is misplaced."),
+    include_train: bool = typer.Option(
+        False, "--include-train",
+        help="Also use images the model trained on (flagged in_sample; their errors hide).",
+    ),
+    top: int = typer.Option(20, "--top", min=0, help="Candidates to print."),
+    out: Path = typer.Option(None, "--out", help="Write all candidates as JSON to this file."),
+    to_review: bool = typer.Option(
+        False, "--to-review", help="Queue the images with candidates for human review."
+    ),
+    review_limit: int = typer.Option(
+        None, "--review-limit", min=1, help="Queue at most this many images (best first)."
+    ),
+    workspace: str = WorkspaceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Likely missed boxes, wrong classes and misplaced boxes, from out-of-sample predictions."""
+    import json
+
+    from detops.data.label_errors import find_label_errors, send_to_review, summary_lines
+
+    ws = open_workspace(workspace)
+    with ProgressBar("predicting") as bar:
+        result = find_label_errors(ws, ref, model, annotator=annotator, min_score=min_score,
+                                   iou=iou, include_train=include_train, progress=bar)
+    if to_review:
+        result["review_ids"] = send_to_review(ws, result, limit=review_limit)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if as_json:
+        print_json(result)
+        return
+    for line in summary_lines(result, top=top):
+        typer.echo(line)
+    if out is not None:
+        typer.echo(f"candidates: {out.resolve()}")
+    if to_review:
+        typer.echo(f"queued {len(result['review_ids'])} images for review (reason label_errors; "
+                   "images already waiting for review are not queued again); corrections come "
+                   "back with `detops data add-feedback NAME`")

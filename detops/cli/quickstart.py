@@ -1,7 +1,8 @@
 """``detops quickstart``: the whole life cycle on one machine, as far as it is built.
 
-Stage 1 (data): create a workspace, synthesise scenes labelled by two simulated annotators,
-register them as a dataset version, validate it and print its statistics.
+Stage 1 (data): create a workspace, synthesise scenes labelled by three simulated annotators,
+register them as a dataset version, validate it, print its statistics, check whether the
+annotators agree (consistency verdict and conventions) and store their human-level performance.
 Stage 2 (model): train the default detector briefly, evaluate it through the ONNX runtime,
 register it and point the alias ``production`` at it.
 Stage 3 (deploy): serve ``det@production`` and print a curl line to try (``--no-serve`` skips).
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from detops.data.dataset import Dataset
     from detops.data.versions import DatasetVersion
     from detops.workspace import Workspace
 
@@ -54,9 +56,11 @@ def quickstart(
         f"store {ws.store_url}, artifacts {ws.artifacts.root} ({time.perf_counter() - t:.1f}s)"
     )
 
-    t = _step(f"synthesise {n} scenes, labelled by annotators A (careful) and B (loose boxes)")
+    t = _step(f"synthesise {n} scenes, labelled by annotators A (careful), B (loose boxes) "
+              "and C (misses some, calls some stars squares)")
     src = root / "sources" / f"shapes-{seed}"
-    annotators = [AnnotatorSpec("A"), AnnotatorSpec("B", loose=0.3, jitter=0.1)]
+    annotators = [AnnotatorSpec("A"), AnnotatorSpec("B", loose=0.3, jitter=0.1),
+                  AnnotatorSpec("C", miss=0.05, confuse=("star", "square", 0.2))]
     ds = synthesize(src, n, seed, SceneConfig(), annotators)
     save(ds, src, "coco", copy_images=False)
     typer.echo(
@@ -94,6 +98,8 @@ def quickstart(
     typer.echo(format_stats(st))
     typer.echo(f"plot: {plot} ({time.perf_counter() - t:.1f}s)")
 
+    _consistency_stage(ws, dv, stored)
+
     _model_stage(ws, dv, train_minutes, seed)
     ws.close()
     typer.secho(
@@ -104,6 +110,36 @@ def quickstart(
     typer.echo(f"(run commands inside {root} or pass --workspace {root})")
     if serve:
         _serve_stage(root, src, port)
+
+
+def _consistency_stage(ws: Workspace, dv: DatasetVersion, stored: Dataset) -> None:
+    """Do the annotators agree? Then their human-level performance, stored as the baseline."""
+    from detops.data.baseline import get_baseline, human_level, save_baseline, summary_lines
+    from detops.data.consistency import check_consistency, write_html
+    from detops.data.consistency import summary_lines as consistency_lines
+
+    t = _step(f"label consistency of {dv.ref}")
+    # the simulated annotators looked at every image: no box there means they saw nothing
+    report = check_consistency(stored, all_labelled=True)
+    for line in consistency_lines(report):
+        typer.echo(line)
+    page = write_html(report, stored,
+                      ws.root / "reports" / f"{dv.name}-v{dv.version}-consistency.html")
+    typer.echo(f"report: {page} ({time.perf_counter() - t:.1f}s)")
+
+    t = _step(f"human-level performance (HLP) on {dv.ref}: each annotator against the others")
+    base = get_baseline(ws, dv.ref)
+    if base is None:
+        # intervals on val, where the model is evaluated (same resamples as its bootstrap)
+        base = human_level(stored, splits=["all"], bootstrap=0, all_labelled=True)
+        if any(img.split == "val" for img in stored.images):
+            val = human_level(stored, splits=["val"], all_labelled=True)
+            base["splits"].update(val["splits"])
+        save_baseline(ws, dv, base, {"splits": list(base["splits"]), "all_labelled": True})
+    for split in base["splits"]:
+        for line in summary_lines(base, split)[:1]:
+            typer.echo(line)
+    typer.echo(f"stored as the baseline of {dv.ref} ({time.perf_counter() - t:.1f}s)")
 
 
 def _model_stage(ws: Workspace, dv: DatasetVersion, train_minutes: float, seed: int) -> None:
@@ -151,6 +187,13 @@ def _model_stage(ws: Workspace, dv: DatasetVersion, train_minutes: float, seed: 
         f"latency {ev.get('ms_per_image', float('nan')):.2f} ms/image "
         "(decode + preprocess + ONNX Runtime + NMS, batch 8, this machine)"
     )
+    from detops.data.baseline import beside_lines, hlp_beside
+
+    hlp = hlp_beside(ws, ev.get("dataset"), ev.get("split"))
+    if hlp is not None:
+        typer.echo(f"{mv.ref} beside human-level performance:")
+        for line in beside_lines(ev, hlp):
+            typer.echo(f"  {line}")
 
 
 def _serve_stage(root: Path, src: Path, port: int) -> None:

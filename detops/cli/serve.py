@@ -15,6 +15,12 @@ def serve(
     model: str = typer.Option(
         None, "--model", help="NAME@ALIAS to follow (hot swap when it moves); serve.model."
     ),
+    deployment: str = typer.Option(
+        None,
+        "--deployment",
+        help="Serve a deployment (`detops deploy ...`): live, candidate, rollout; "
+        "serve.deployment.",
+    ),
     host: str = typer.Option(None, "--host", help="Interface to bind; serve.host."),
     port: int = typer.Option(None, "--port", help="TCP port; serve.port."),
     workers: int = typer.Option(None, "--workers", help="Server processes; serve.workers."),
@@ -43,6 +49,7 @@ def serve(
     """
     flags = {
         "serve.model": model,
+        "serve.deployment": deployment,
         "serve.host": host,
         "serve.port": port,
         "serve.workers": workers,
@@ -56,12 +63,22 @@ def serve(
     from detops.serve.server import serve as run
 
     s = ws.settings.serve
-    if not s.model:
+    if model is not None and deployment is None:
+        s.deployment = None  # --model on the command line beats serve.deployment from config
+    if not s.model and not s.deployment:
         from detops.cli._common import fail
 
-        fail("no model to serve: pass --model NAME@ALIAS or set serve.model in detops.yaml")
+        fail(
+            "no model to serve: pass --model NAME@ALIAS or --deployment NAME, or set "
+            "serve.model in detops.yaml"
+        )
+    if s.deployment:
+        from detops.serve.deployments import get
+
+        get(ws, s.deployment)  # an unknown name fails here, naming the known ones
+    what = f"deployment {s.deployment}" if s.deployment else s.model
     typer.echo(
-        f"detops serve: {s.model} on http://{s.host}:{s.port} "
+        f"detops serve: {what} on http://{s.host}:{s.port} "
         f"(workers {s.workers}, max batch {s.max_batch_size}, policy {s.batch_policy}); "
         f"docs at /docs",
         err=True,

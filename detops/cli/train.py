@@ -168,6 +168,15 @@ def evaluate(
         )
     if out.get("pr_curve"):
         typer.echo(f"PR curve: {out['pr_curve']}")
+    if out.get("hlp"):
+        from detops.data.baseline import beside_lines
+
+        typer.echo("beside human-level performance:")
+        for line in beside_lines(out, out["hlp"]):
+            typer.echo(f"  {line}")
+    elif "hlp" in out:
+        typer.echo(f"no human-level baseline for {out['data']} ({out['split']} images); "
+                   f"compute one with `detops baseline hlp {out['data']}`")
 
 
 def _load_json(path: Path) -> Any:
@@ -221,6 +230,10 @@ def _evaluate_model(model: str, data: str, split: str, slice_by: str | None,
         out = evaluate_runtime(runtime, ds, annotator=annotator, slice_by=slice_by,
                                figures=figures, progress=bar)
     out.update(model=mv.ref, data=data, split=split)
+    from detops.data.baseline import hlp_beside
+
+    # human-level performance on the same images, when `detops baseline hlp` stored one
+    out["hlp"] = hlp_beside(ws, data, split)
     return out
 
 

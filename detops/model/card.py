@@ -41,12 +41,15 @@ def _ci(ev: dict[str, Any], key: str) -> str:
 
 
 def card_data(ws: Workspace, ref: str) -> dict[str, Any]:
+    from detops.data.baseline import hlp_beside
     from detops.model.registry import get_model, load_runtime
 
     mv = get_model(ws, ref)
     runtime = load_runtime(ws, mv)
+    ev = mv.evaluation or {}
     return {"model": mv, "latency": measure_latency(runtime),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": platform.processor() or platform.machine(),
+            "hlp": hlp_beside(ws, ev.get("dataset"), ev.get("split"))}
 
 
 def render_markdown(d: dict[str, Any], pr_png: str | None) -> str:
@@ -80,6 +83,13 @@ def render_markdown(d: dict[str, Any], pr_png: str | None) -> str:
     if t:
         lines += ["", f"At score >= {t['score_threshold']} (IoU 0.5): precision "
                   f"{t['precision']:.3f}, recall {t['recall']:.3f}, F1 {t['f1']:.3f}."]
+    if d.get("hlp"):
+        from detops.data.baseline import beside_note, beside_rows
+
+        lines += ["", "## Beside human-level performance", "",
+                  "| metric | model | HLP | HLP 95% CI | model - HLP |", "|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in beside_rows(ev, d["hlp"])]
+        lines += ["", beside_note(ev, d["hlp"])]
     if ev.get("per_class"):
         lines += ["", "| class | AP50 | AP |", "|---|---|---|"]
         lines += [f"| {n} | {v['AP50']:.3f} | {v['AP']:.3f} |" for n, v in ev["per_class"].items()]

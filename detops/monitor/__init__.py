@@ -1,4 +1,4 @@
-"""Monitoring: request features (more to come: windows, drift tests, alerts).
+"""Monitoring: request features and rollout gates (more to come: drift tests, alerts).
 
 ``from detops.monitor import image_features`` is the way in; names load on first use.
 """
@@ -13,12 +13,15 @@ _LAZY: dict[str, str] = {
     "ImageFeatures": "detops.monitor.features",
     "image_features": "detops.monitor.features",
     "grey_view": "detops.monitor.features",
+    "GatesConfig": "detops.monitor.gates",
+    "load_gates": "detops.monitor.gates",
 }
 
-__all__ = ["ImageFeatures", "grey_view", "image_features"]
+__all__ = ["GatesConfig", "ImageFeatures", "grey_view", "image_features", "load_gates"]
 
 if TYPE_CHECKING:
     from detops.monitor.features import ImageFeatures, grey_view, image_features
+    from detops.monitor.gates import GatesConfig, load_gates
 
 
 __getattr__, __dir__, _ = attach(__name__, globals(), _LAZY)

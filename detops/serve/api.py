@@ -138,6 +138,7 @@ async def detect(
         score_threshold=score_threshold,
         max_detections=max_detections,
         state=state,
+        client_key=request.headers.get("x-client-key"),
     )
     return json_response(body)
 
@@ -204,6 +205,7 @@ async def detect_batch(
                 score_threshold=score_threshold,
                 max_detections=max_detections,
                 state=state,
+                client_key=request.headers.get("x-client-key"),
             )
             item["status"] = 200
         except HTTPProblem as p:

@@ -11,8 +11,10 @@ them on shutdown.
 >>> from detops.serve.service import Service
 >>> host = ModelHost("det@production", resolve=lambda: ("det", 1), load=None)
 >>> app = create_app(Service(ServeSettings(), LiveRouter(host), host=host))
->>> sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))
-['/v1/detect', '/v1/detect/batch', '/v1/models']
+>>> paths = sorted(p for p in app.openapi()["paths"] if p.startswith("/v1"))
+>>> paths  # doctest: +NORMALIZE_WHITESPACE
+['/v1/detect', '/v1/detect/batch', '/v1/models', '/v1/review', '/v1/review/stats',
+ '/v1/review/{review_id}', '/v1/review/{review_id}/image']
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from fastapi.middleware import Middleware
 from fastapi.responses import Response
 
 from detops.config import ServeSettings
-from detops.serve import api, oip, ops
+from detops.serve import api, deploy_api, oip, ops, review_api
 from detops.serve.middleware import ServeMiddleware, error_json
 from detops.serve.service import HTTPProblem, Service
 
@@ -72,7 +74,7 @@ def create_app(service: Service, *, middleware: list[Middleware] | None = None) 
         lifespan=lifespan,
     )
     app.state.service = service
-    for r in (api.router, oip.router, ops.router):
+    for r in (api.router, oip.router, ops.router, review_api.router, deploy_api.router):
         app.include_router(r)
 
     @app.exception_handler(HTTPProblem)
@@ -96,15 +98,18 @@ def create_app(service: Service, *, middleware: list[Middleware] | None = None) 
 def build_service(
     ws: Any, follow: str | None = None, settings: ServeSettings | None = None
 ) -> Service:
-    """The service of a workspace: follows ``follow`` (default ``serve.model``)."""
+    """The service of a workspace: follows ``follow`` (default: the deployment
+    ``serve.deployment`` if set, else ``serve.model``)."""
     from detops.serve.metrics import ServeMetrics
     from detops.serve.models import ModelHost
     from detops.serve.predlog import PredictionLog, sample_purger, store_writer
+    from detops.serve.review import ReviewQueue
     from detops.serve.routing import LiveRouter
 
     settings = settings or ws.settings.serve
+    deployment = settings.deployment if follow is None else None
     follow = follow or settings.model
-    if not follow:
+    if not follow and not deployment:
         from detops.errors import ConfigError
 
         raise ConfigError(
@@ -112,7 +117,16 @@ def build_service(
         )
     metrics = ServeMetrics(settings.max_batch_size)
     ws.db  # open (and migrate) the store before threads use it  # noqa: B018
-    host = ModelHost.for_workspace(ws, follow, settings, metrics)
+    router: Any
+    if deployment:
+        from detops.serve.rollout import deployment_router
+
+        router = deployment_router(ws, deployment, settings, metrics)
+        host = router.host
+    else:
+        assert follow is not None
+        host = ModelHost.for_workspace(ws, follow, settings, metrics)
+        router = LiveRouter(host)
     log = PredictionLog(
         store_writer(ws, settings.sample_retention_days, metrics),
         max_queue=settings.log_queue,
@@ -122,4 +136,9 @@ def build_service(
         purge=sample_purger(ws),  # also when sampling is off now: older samples still expire
         metrics=metrics,
     )
-    return Service(settings, LiveRouter(host), host=host, log=log, metrics=metrics)
+    review = ReviewQueue.from_settings(ws, settings, metrics)
+    service = Service(settings, router, host=host, log=log, metrics=metrics, review=review)
+    service.workspace = ws
+    if deployment:
+        router.bind(service)  # its rollout agent and shadow runner start and stop with it
+    return service

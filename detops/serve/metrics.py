@@ -105,6 +105,82 @@ class ServeMetrics:
         self.load_errors = Counter(
             "detops_model_load_errors", "failed attempts to load a version", registry=r
         )
+        # -- degrees of automation and the human review queue
+        self.automation_level = Gauge(
+            "detops_automation_level", "1 for the automation level in force", ["level"], registry=r
+        )
+        self.review_items = Counter(
+            "detops_review_items",
+            "requests queued for review by outcome (written, dropped_full, dropped_store_error)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("written", "dropped_full", "dropped_store_error"):
+            self.review_items.labels(outcome)
+        self.review_queue = Gauge(
+            "detops_review_queue", "review items waiting to be written", registry=r
+        )
+        self.review_pending = Gauge(
+            "detops_review_pending", "items in the store waiting for a reviewer", registry=r
+        )
+        self.review_feedback = Counter(
+            "detops_review_feedback",
+            "reviews submitted to this server, by whether the boxes changed",
+            ["changed"],
+            registry=r,
+        )
+        for changed in ("true", "false"):
+            self.review_feedback.labels(changed)
+        self.review_override_rate = Gauge(
+            "detops_review_override_rate",
+            "share of reviewed served requests whose boxes the reviewer changed (whole store; "
+            "NaN: none)",
+            registry=r,
+        )
+        self.review_override_rate.set(float("nan"))
+        # -- rollouts (a server serving a deployment)
+        self.rollout_state = Gauge(
+            "detops_rollout_state",
+            "1 for the deployment's rollout state as this replica applies it",
+            ["deployment", "state"],
+            registry=r,
+        )
+        self.rollout_step = Gauge(
+            "detops_rollout_step", "canary step index (0-based)", ["deployment"], registry=r
+        )
+        self.rollout_share = Gauge(
+            "detops_rollout_traffic_share",
+            "share of requests each side answers (candidate: canary share; shadow copies "
+            "answer nobody)",
+            ["deployment", "target"],
+            registry=r,
+        )
+        self.rollout_decisions = Counter(
+            "detops_rollout_decisions",
+            "rollout decisions made by this replica (controller or admin API), by reason",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.rollout_controller = Gauge(
+            "detops_rollout_controller",
+            "1 while this replica holds the deployment's controller lease",
+            ["deployment"],
+            registry=r,
+        )
+        self.rollout_revision = Gauge(
+            "detops_rollout_revision",
+            "deployment revision this replica applies",
+            ["deployment"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "detops_shadow_requests",
+            "shadow copies by outcome (compared, error, shed_busy, shed_full, not_loaded)",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("compared", "error", "shed_busy", "shed_full", "not_loaded"):
+            self.shadow_requests.labels(outcome)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

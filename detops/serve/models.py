@@ -6,6 +6,12 @@ warmed and its batching policy measured in the background, and only then is the 
 replaced (a single assignment under a lock). A request holds the version it started with
 (:meth:`ModelHost.acquire` / :meth:`ModelHost.release`), so in-flight requests finish on it;
 the old version's batcher is closed when its last user releases it.
+
+A host can also keep other versions loaded and warm beside the live one (a deployment's
+candidate, the previous blue-green colour, a shadow copy), keyed by ``(name, version, role)``:
+:meth:`ModelHost.add_warm`, :meth:`ModelHost.acquire_version`, :meth:`ModelHost.drop_warm`.
+:meth:`ModelHost.promote_warm` makes a warm version live with the same single assignment, so a
+blue-green switch or a promotion never waits for a load.
 """
 
 from __future__ import annotations
@@ -45,15 +51,26 @@ class LoadedModel:
         return f"{self.name}@v{self.version}"
 
 
-def open_model(ws: Any, ref: str, settings: ServeSettings, metrics: Any = None) -> LoadedModel:
-    """Load ``ref`` from the registry (hash-checked), warm it, pick a policy, start its batcher."""
+def open_model(
+    ws: Any,
+    ref: str,
+    settings: ServeSettings,
+    metrics: Any = None,
+    *,
+    intra_op_threads: int | None = None,
+) -> LoadedModel:
+    """Load ``ref`` from the registry (hash-checked), warm it, pick a policy, start its batcher.
+
+    ``intra_op_threads`` overrides ``settings.intra_op_threads`` (shadow copies run on one).
+    """
     from detops.model.registry import get_model, load_runtime
 
     mv = get_model(ws, ref)
+    threads = settings.intra_op_threads if intra_op_threads is None else intra_op_threads
     rt = load_runtime(
         ws,
         mv,
-        intra_op_threads=settings.intra_op_threads or None,
+        intra_op_threads=threads or None,
         allow_spinning=settings.allow_spinning,
         max_image_pixels=settings.max_pixels,
         name=mv.ref,
@@ -107,13 +124,16 @@ class ModelHost:
         load: Callable[[str, int], LoadedModel],
         poll_s: float = 2.0,
         metrics: Any = None,
+        watch: bool = True,
     ) -> None:
         self.follow = follow
+        self.watch = watch  # False: someone else (a deployment's agent) decides what is live
         self._resolve = resolve  # -> (name, version) the alias points at now
         self._load = load
         self.poll_s = poll_s
         self.metrics = metrics
         self.current: LoadedModel | None = None
+        self.warm: dict[tuple[str, int, str], LoadedModel] = {}  # loaded beside the live one
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._check_lock = threading.Lock()  # one load at a time
@@ -159,6 +179,95 @@ class ModelHost:
         if done:
             lm.batcher.close(timeout=0)
 
+    # -- several versions -------------------------------------------------------------------
+
+    def find(self, name: str, version: int, role: str = "serve") -> LoadedModel | None:
+        """The loaded ``name@v{version}`` in ``role`` (live or warm), or None."""
+        cur = self.current
+        if role == "serve" and cur is not None and (cur.name, cur.version) == (name, version):
+            return cur
+        return self.warm.get((name, version, role))
+
+    def acquire_version(self, name: str, version: int, role: str = "serve") -> LoadedModel | None:
+        """Like :meth:`acquire` for a given version; None if it is not loaded (yet)."""
+        with self._lock:
+            lm = self.find(name, version, role)
+            if lm is None:
+                return None
+            lm.users += 1
+            return lm
+
+    def add_warm(self, lm: LoadedModel, role: str = "serve") -> None:
+        """Keep ``lm`` loaded beside the live version (replacing a copy already there)."""
+        with self._lock:
+            old = self.warm.get((lm.name, lm.version, role))
+            self.warm[(lm.name, lm.version, role)] = lm
+        if old is not None and old is not lm:
+            self._retire(old)
+
+    def drop_warm(self, name: str, version: int, role: str = "serve") -> bool:
+        """Unload a warm version (closed once its last in-flight request is done)."""
+        with self._lock:
+            lm = self.warm.pop((name, version, role), None)
+        if lm is None:
+            return False
+        self._retire(lm)
+        log.info("unloaded %s (%s)", lm.ref, role)
+        return True
+
+    def promote_warm(self, name: str, version: int, *, keep_previous: bool = False) -> bool:
+        """Make the warm ``name@v{version}`` live in one assignment; False if it is not warm.
+
+        The previous live version stays warm with ``keep_previous``, else it is retired.
+        """
+        with self._lock:
+            cur = self.current
+            if cur is not None and (cur.name, cur.version) == (name, version):
+                return True
+            new = self.warm.pop((name, version, "serve"), None)
+            if new is None:
+                return False
+            self.current = new
+            if cur is not None and keep_previous:
+                self.warm[(cur.name, cur.version, "serve")] = cur
+        self._announce(cur, new, retire_old=not keep_previous)
+        return True
+
+    def install(self, new: LoadedModel, *, keep_previous: bool = False) -> None:
+        """Make a freshly loaded version live (see :meth:`promote_warm`)."""
+        with self._lock:
+            cur, self.current = self.current, new
+            if cur is not None and keep_previous and cur is not new:
+                self.warm[(cur.name, cur.version, "serve")] = cur
+        self._announce(cur, new, retire_old=not keep_previous)
+
+    def loaded(self) -> list[tuple[str, int, str]]:
+        """Keys of every loaded version, the live one first."""
+        with self._lock:
+            cur = self.current
+            keys = [(cur.name, cur.version, "serve")] if cur is not None else []
+            return keys + sorted(self.warm)
+
+    def _retire(self, lm: LoadedModel) -> None:
+        with self._lock:
+            lm.retired = True
+            close = lm.users == 0
+        if close:
+            lm.batcher.close(timeout=0)
+
+    def _announce(self, old: LoadedModel | None, new: LoadedModel, *, retire_old: bool) -> None:
+        if old is new:
+            return
+        if self.metrics:
+            self.metrics.model_info.labels(new.ref, new.policy).set(1)
+        if old is not None:
+            if self.metrics:
+                self.metrics.swaps.inc()
+                self.metrics.model_info.labels(old.ref, old.policy).set(0)
+            log.info("swapped %s -> %s", old.ref, new.ref)
+            if retire_old:
+                self._retire(old)
+
     # -- loading and swapping ---------------------------------------------------------------
 
     def check_now(self) -> bool:
@@ -169,6 +278,9 @@ class ModelHost:
                 cur = self.current
                 if cur is not None and (cur.name, cur.version) == (name, version):
                     return False
+                if self.promote_warm(name, version):  # already loaded beside live
+                    self.last_error = None
+                    return True
                 new = self._load(name, version)
             except Exception as e:
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -181,23 +293,12 @@ class ModelHost:
             return True
 
     def _swap(self, new: LoadedModel) -> None:
-        with self._lock:
-            old, self.current = self.current, new
-            if old is not None:
-                old.retired = True
-                close_old = old.users == 0
-        if self.metrics:
-            self.metrics.model_info.labels(new.ref, new.policy).set(1)
-        if old is not None:
-            if self.metrics:
-                self.metrics.swaps.inc()
-                self.metrics.model_info.labels(old.ref, old.policy).set(0)
-            log.info("swapped %s -> %s", old.ref, new.ref)
-            if close_old:
-                old.batcher.close(timeout=0)
+        self.install(new)
 
     def start(self) -> None:
         """Load in the background (the server answers /healthz meanwhile), then watch."""
+        if not self.watch:
+            return
         self._thread = threading.Thread(target=self._watch, name="alias-watcher", daemon=True)
         self._thread.start()
 
@@ -216,5 +317,7 @@ class ModelHost:
             self._thread.join(30)
         with self._lock:
             lm, self.current = self.current, None
-        if lm is not None:
-            lm.batcher.close()
+            others, self.warm = list(self.warm.values()), {}
+        for m in [lm, *others]:
+            if m is not None:
+                m.batcher.close()

@@ -106,6 +106,11 @@ async def model_ready(name: str, request: Request) -> dict[str, Any]:
     return {"name": lm.name, "ready": True}
 
 
+# levels at which a request's boxes are final without a person: the only ones where raw
+# model outputs may go back to a client
+RAW_INFERENCE_LEVELS = ("full", "shadow")
+
+
 @router.post("/models/{name}/infer", response_model=InferResponse, summary="Raw inference")
 async def infer(name: str, body: InferRequest, request: Request) -> Response:
     svc = _service(request)
@@ -113,6 +118,15 @@ async def infer(name: str, body: InferRequest, request: Request) -> Response:
     try:
         if svc.settings.require_token_for_detect:
             svc.check_token(request.headers.get("authorization"), "/v2 inference")
+        level = svc.automation.level
+        if level not in RAW_INFERENCE_LEVELS:
+            # raw tensors carry no image to review and no boxes to hold back
+            raise HTTPProblem(
+                409,
+                "automation",
+                f"raw inference is off at automation level {level!r} (people review these "
+                f"requests); send images to /v1/detect instead",
+            )
         lm = _model(svc, name)
         rt = lm.runtime
         inp = next((i for i in body.inputs if i.name == rt.input_name), None)

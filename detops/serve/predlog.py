@@ -21,13 +21,32 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("detops.serve.log")
 
 Writer = Callable[[list[dict[str, Any]]], None]
+T = TypeVar("T")
+
+
+def take_batch(q: queue.Queue[T], size: int, flush_s: float, stop: threading.Event) -> list[T]:
+    """Up to ``size`` items from ``q``, waiting at most ``flush_s`` for them; once ``stop`` is
+    set, only what is already queued. Waits in short slices, so ``stop`` is noticed without
+    waiting a whole flush period. (The drain of the prediction log and of the review queue.)"""
+    batch: list[T] = []
+    deadline = time.monotonic() + (0 if stop.is_set() else flush_s)
+    while len(batch) < size:
+        left = deadline - time.monotonic()
+        try:
+            batch.append(q.get(timeout=min(left, 0.05)) if left > 0 else q.get_nowait())
+        except queue.Empty:
+            if left <= 0 or stop.is_set():
+                break
+    return batch
+
 
 _SAMPLE = "_sample_bytes"
+_COMPARISON = "_comparison"  # a shadow record's comparison with live -> shadow_comparisons
 PURGE_EVERY_S = 600.0
 
 
@@ -93,20 +112,7 @@ class PredictionLog:
         next_purge = time.monotonic()
         while True:
             stopping = self._stop.is_set()
-            records: list[dict[str, Any]] = []
-            deadline = time.monotonic() + (0 if stopping else self.flush_s)
-            while len(records) < self.batch:
-                left = deadline - time.monotonic()
-                try:
-                    # short slices, so close() is noticed without waiting a whole flush period
-                    records.append(
-                        self._queue.get(timeout=min(left, 0.05))
-                        if left > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    if left <= 0 or self._stop.is_set():
-                        break
+            records = take_batch(self._queue, self.batch, self.flush_s, self._stop)
             if self._metrics is not None:
                 self._metrics.log_queue.set(self._queue.qsize())
             if records:
@@ -137,11 +143,17 @@ def store_writer(ws: Any, retention_days: float = 7.0, metrics: Any = None) -> W
     """A writer that inserts records into ``predictions`` (and sampled images) of ``ws``."""
     from sqlalchemy import insert
 
-    from detops.store.schema import image_samples, predictions
+    from detops.store.schema import image_samples, predictions, shadow_comparisons
+
+    columns = [c for c in predictions.c.keys() if c != "id"]
 
     def write(records: list[dict[str, Any]]) -> None:
         samples = []
+        comparisons = []
         for rec in records:
+            comparison = rec.pop(_COMPARISON, None)
+            if comparison is not None:
+                comparisons.append(comparison)
             data = rec.pop(_SAMPLE, None)
             if data is not None:
                 at = rec["at"]
@@ -153,8 +165,12 @@ def store_writer(ws: Any, retention_days: float = 7.0, metrics: Any = None) -> W
                         "expires_at": at + dt.timedelta(days=retention_days),
                     }
                 )
+        # one executemany needs the same keys in every row (shadow records come from elsewhere)
+        rows = [{c: rec.get(c) for c in columns} for rec in records]
         with ws.db.write() as conn:
-            conn.execute(insert(predictions), records)
+            conn.execute(insert(predictions), rows)
+            if comparisons:
+                conn.execute(insert(shadow_comparisons), comparisons)
             if samples:
                 # a client may reuse a request id: keep the first sample
                 conn.execute(

@@ -18,7 +18,10 @@ class ModelRef(_Schema):
 
 class RouteInfo(_Schema):
     version: str = Field(description="NAME@vN that answered", examples=["det@v3"])
-    reason: str = Field(description="why this version: live (later: shadow, canary)")
+    reason: str = Field(
+        description="why this version answered: live, canary (a deployment's candidate), "
+        "blue or green (a blue-green deployment's colours)"
+    )
 
 
 class ImageInfo(_Schema):
@@ -42,12 +45,30 @@ class Timings(_Schema):
     total: float = Field(description="from request received to response built, ms")
 
 
+class AutomationInfo(_Schema):
+    level: Literal["human_only", "shadow", "ai_assistance", "partial", "full"] = Field(
+        description="the automation level in force (serve.automation or the deployment's)"
+    )
+    detections: Literal["final", "suggestions", "provisional", "withheld"] = Field(
+        description="final: decided by the model; suggestions: a person decides "
+        "(ai_assistance); provisional: a score fell in the review band (partial); withheld: "
+        "people label every image and the model's boxes are not returned (human_only)"
+    )
+
+
 class DetectResponse(_Schema):
     request_id: str
     model: ModelRef
     route: RouteInfo
     image: ImageInfo
     detections: list[Detection]
+    automation: AutomationInfo
+    needs_review: bool = Field(description="the request was sent to the human review queue")
+    review_id: str | None = Field(
+        None,
+        description="its item at /v1/review/{review_id}; null when not queued, or when the "
+        "queue was full and the item was dropped (counted in detops_review_items_total)",
+    )
     timings_ms: Timings
 
 

@@ -13,6 +13,8 @@ import datetime as dt
 import hmac
 import os
 import time
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +31,12 @@ from detops.errors import (
     ServeError,
 )
 from detops.monitor.features import ImageFeatures, image_features
+from detops.serve.automation import Automation
 from detops.serve.batching import Batcher, BatchResult
 from detops.serve.metrics import ServeMetrics
 from detops.serve.models import ModelHost, NotReady
 from detops.serve.predlog import PredictionLog
+from detops.serve.review import ReviewQueue
 from detops.serve.routing import Route, Router
 
 MEDIA_TYPES = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/bmp": "bmp"}
@@ -121,32 +125,50 @@ class Service:
         log: PredictionLog | None = None,
         metrics: ServeMetrics | None = None,
         decode_threads: int | None = None,
+        review: ReviewQueue | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.host = host
         self.log = log
         self.metrics = metrics or ServeMetrics(settings.max_batch_size)
+        self.review = review  # None: nothing is queued for review (no store)
+        self.automation = Automation.from_settings(settings, on_change=self._level_changed)
         self.pool = ThreadPoolExecutor(
             max_workers=decode_threads or max(2, os.cpu_count() or 2),
             thread_name_prefix="decode",
         )
         self.timeout_s = settings.timeout_ms / 1000
+        # started after the host, stopped before it (a deployment's rollout agent, shadow runner)
+        self.background: list[Any] = []
+        self.workspace: Any = None  # set by build_service: the store behind the admin endpoints
 
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> None:
         if self.log is not None:
             self.log.start()
+        if self.review is not None:
+            self.review.start()
         if self.host is not None:
             self.host.start()
+        for part in self.background:
+            part.start()
 
     def stop(self) -> None:
+        for part in reversed(self.background):
+            part.stop()
         if self.host is not None:
             self.host.stop()
         if self.log is not None:
             self.log.close()
+        if self.review is not None:
+            self.review.close()
         self.pool.shutdown(wait=True)
+
+    def _level_changed(self, old: str, new: str) -> None:
+        self.metrics.automation_level.labels(old).set(0)
+        self.metrics.automation_level.labels(new).set(1)
 
     @property
     def ready(self) -> bool:
@@ -185,16 +207,21 @@ class Service:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         state: dict[str, Any] | None = None,
+        client_key: str | None = None,
     ) -> dict[str, Any]:
-        """Detect objects in encoded image bytes; the response dict (see DetectResponse)."""
+        """Detect objects in encoded image bytes; the response dict (see DetectResponse).
+
+        ``client_key`` (the ``X-Client-Key`` header) keeps a client on one side of a canary.
+        """
         route: Route | None = None
         prep: Prepared | None = None
         result: dict[str, Any] | None = None
+        dets: list[dict[str, Any]] | None = None  # the model's, whatever the response shows
         error: HTTPProblem | None = None
         try:
             if not data:
                 raise HTTPProblem(400, "empty_body", "the request body is empty; send image bytes")
-            route = self.router.route(request_id)
+            route = self.router.route(request_id, client_key)
             if state is not None:
                 state["model_version"] = route.version
             lm = route.model
@@ -230,12 +257,28 @@ class Service:
             )[0]
             post_s = time.perf_counter() - t_post
             names = rt.spec.class_names
+            dets = det.to_list(names)
+            if route.shadow is not None:  # a copy for the shadow candidate; never blocks
+                live_ms = (time.perf_counter() - started) * 1e3
+                route.shadow.offer(route, data, prep, det, request_id, live_ms)
             result = {
                 "request_id": request_id,
                 "model": {"name": lm.name, "version": lm.version},
                 "route": route.to_dict(),
                 "image": {"width": prep.features.width, "height": prep.features.height},
-                "detections": det.to_list(names),
+                **self._automate(
+                    request_id,
+                    lm,
+                    data,
+                    prep,
+                    dets,
+                    # partial automation judges the model's detections down to the review
+                    # band's low end, whatever threshold this response asked for
+                    lambda: rt.postprocess(
+                        res.outputs, [prep.transform], score_threshold=self.automation.band[0]
+                    )[0].to_list(names),
+                    rt.spec.score_threshold if score_threshold is None else score_threshold,
+                ),
                 "timings_ms": {
                     "decode": round(prep.decode_s * 1e3, 3),
                     "queue": round(res.queue_s * 1e3, 3),
@@ -254,7 +297,57 @@ class Service:
             if route is not None:
                 self.router.release(route)
             if self.log is not None:
-                self._log(request_id, route, data, prep, result, error, started)
+                self._log(request_id, route, data, prep, result, dets, error, started)
+
+    def _automate(
+        self,
+        request_id: str,
+        lm: Any,
+        data: bytes,
+        prep: Prepared,
+        dets: list[dict[str, Any]],
+        band_dets: Callable[[], list[dict[str, Any]]],
+        threshold: float,
+    ) -> dict[str, Any]:
+        """The response's detections and automation fields; queue the request for review when
+        the automation level says so (a non-blocking offer: the writing happens elsewhere).
+
+        ``dets`` are the response's detections (kept at ``threshold``). In ``partial`` mode, when
+        that threshold is above the review band's low end, the verdict and the reviewer's
+        suggestions use ``band_dets()`` (the model's detections down to the band's low end)
+        instead: a client's threshold can neither hide low-confidence detections from review
+        nor opt its requests out of it.
+        """
+        level = self.automation.level  # one read for the whole request
+        seen = dets
+        if level == "partial" and not self.automation.reaches_band(threshold):
+            seen = band_dets()
+        verdict = self.automation.decide(seen, level)
+        review_id = None
+        if verdict.needs_review and self.review is not None:
+            review_id = uuid.uuid4().hex
+            item = {
+                "id": review_id,
+                "request_id": request_id[:64],
+                "at": dt.datetime.now(dt.UTC),
+                "model_name": lm.name,
+                "model_version": lm.version,
+                "level": verdict.level,
+                "reason": verdict.review_reason,
+                "detections": seen,
+                "classes": list(lm.runtime.spec.class_names),
+                "width": prep.features.width,
+                "height": prep.features.height,
+                "format": sniff_format(data),
+            }
+            if not self.review.offer(item, data):
+                review_id = None  # dropped (queue full) and counted
+        return {
+            "detections": [] if verdict.detections == "withheld" else dets,
+            "automation": {"level": verdict.level, "detections": verdict.detections},
+            "needs_review": verdict.needs_review,
+            "review_id": review_id,
+        }
 
     async def _queued(self, lm: Any, tensor: np.ndarray, started: float) -> BatchResult:
         remaining = started + self.timeout_s - time.perf_counter()
@@ -281,6 +374,7 @@ class Service:
         data: bytes,
         prep: Prepared | None,
         result: dict[str, Any] | None,
+        dets: list[dict[str, Any]] | None,
         error: HTTPProblem | None,
         started: float,
     ) -> None:
@@ -316,8 +410,7 @@ class Service:
                 contrast=f.contrast,
                 sharpness=f.sharpness,
             )
-        if result is not None:
-            dets = result["detections"]
+        if result is not None and dets is not None:
             scores = [d["score"] for d in dets]
             counts: dict[str, int] = {}
             for d in dets:

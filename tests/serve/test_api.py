@@ -102,7 +102,8 @@ def test_openapi_and_docs(server):
         assert path in spec["paths"]
     schema = spec["components"]["schemas"]["DetectResponse"]
     assert set(schema["properties"]) == {
-        "request_id", "model", "route", "image", "detections", "timings_ms"
+        "request_id", "model", "route", "image", "detections", "timings_ms",
+        "automation", "needs_review", "review_id",
     }  # fmt: skip
     docs = server.client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -1,0 +1,230 @@
+"""``/admin/deployments``: the ``detops deploy`` actions over HTTP (bearer token required).
+
+=======  ==============================================  ========================================
+method   path                                            body / answer
+=======  ==============================================  ========================================
+GET      ``/admin/deployments``                          every deployment
+POST     ``/admin/deployments``                          ``{name, model, automation?}``
+GET      ``/admin/deployments/{name}``                   the deployment, its last events and,
+                                                         when this server serves it, this
+                                                         replica's view (plan, lease, loaded)
+GET      ``/admin/deployments/{name}/history``           every event
+POST     ``/admin/deployments/{name}/shadow``            ``{candidate, sample?}``
+POST     ``/admin/deployments/{name}/canary``            ``{candidate, steps?, step_min_requests?,
+                                                         step_min_seconds?, gates?}``
+POST     ``/admin/deployments/{name}/bluegreen``         ``{candidate, keep_warm_s?}``
+POST     ``/admin/deployments/{name}/promote``           (none)
+POST     ``/admin/deployments/{name}/rollback``          (none)
+POST     ``/admin/deployments/{name}/pause``             (none)
+POST     ``/admin/deployments/{name}/resume``            (none)
+POST     ``/admin/deployments/{name}/automation``        ``{level}``
+=======  ==============================================  ========================================
+
+A change made through a replica that serves the deployment takes effect there at once; the
+other replicas follow within ``rollout.poll_s``. The actor recorded is ``api``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from detops.errors import (
+    DeploymentExists,
+    DeploymentNotFound,
+    GatesConfigError,
+    InvalidReference,
+    InvalidTransition,
+    NotFound,
+)
+from detops.serve import deployments as deps
+from detops.serve.api import json_response
+from detops.serve.service import HTTPProblem, Service
+
+router = APIRouter(prefix="/admin/deployments", tags=["deployments"])
+
+ACTOR = "api"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(_Body):
+    name: str
+    model: str = Field(description="MODEL@ALIAS (or MODEL@vN) to serve as live")
+    automation: str | None = None
+
+
+class ShadowBody(_Body):
+    candidate: str
+    sample: float = Field(1.0, gt=0, le=1)
+
+
+class CanaryBody(_Body):
+    candidate: str
+    steps: list[float] | str = list(deps.DEFAULT_STEPS)
+    step_min_requests: int = Field(deps.DEFAULT_MIN_REQUESTS, ge=1)
+    step_min_seconds: float = Field(deps.DEFAULT_MIN_SECONDS, ge=0)
+    gates: dict[str, Any] | None = None
+
+
+class BlueGreenBody(_Body):
+    candidate: str
+    keep_warm_s: float | None = Field(None, ge=0)
+
+
+class AutomationBody(_Body):
+    level: str | None
+
+
+def _service(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    try:
+        svc.check_token(request.headers.get("authorization"), "admin endpoints")
+    except HTTPProblem as p:
+        svc.metrics.reject(p.code)
+        raise
+    if svc.workspace is None:
+        raise HTTPProblem(404, "bad_request", "this server has no store to keep deployments in")
+    return svc
+
+
+def _agent(svc: Service, name: str) -> Any:
+    agent = getattr(svc.router, "agent", None)
+    return agent if agent is not None and agent.name == name else None
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except DeploymentNotFound as e:
+        raise HTTPProblem(404, "not_found", str(e)) from e
+    except DeploymentExists as e:
+        raise HTTPProblem(409, "conflict", str(e)) from e
+    except (InvalidTransition, GatesConfigError, InvalidReference) as e:
+        raise HTTPProblem(
+            409 if isinstance(e, InvalidTransition) else 422, "conflict", str(e)
+        ) from e
+    except NotFound as e:
+        raise HTTPProblem(404, "not_found", str(e)) from e
+
+
+async def _changed(svc: Service, dep: deps.Deployment, decision: str | None = None) -> Response:
+    agent = _agent(svc, dep.name)
+    if agent is not None:
+        agent.apply(dep)  # this replica at once; the others within rollout.poll_s
+    if decision is not None:
+        svc.metrics.rollout_decisions.labels(decision, "manual").inc()
+    return json_response(dep.to_dict())
+
+
+@router.get("", summary="Every deployment")
+async def list_all(request: Request) -> Response:
+    svc = _service(request)
+    found = await _call(deps.list_deployments, svc.workspace)
+    return json_response([d.to_dict() for d in found])
+
+
+@router.post("", summary="Create a deployment", status_code=201)
+async def create(body: CreateBody, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(
+        deps.create, svc.workspace, body.name, body.model, automation=body.automation, actor=ACTOR
+    )
+    return json_response(dep.to_dict(), 201)
+
+
+@router.get("/{name}", summary="A deployment, its last events and this replica's view")
+async def status(name: str, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(deps.get, svc.workspace, name)
+    events = await _call(deps.history, svc.workspace, name, 10)
+    body = dep.to_dict()
+    body["events"] = events
+    agent = _agent(svc, name)
+    body["replica"] = agent.status() if agent is not None else None
+    return json_response(body)
+
+
+@router.get("/{name}/history", summary="Every event of a deployment")
+async def history(name: str, request: Request) -> Response:
+    svc = _service(request)
+    return json_response(await _call(deps.history, svc.workspace, name))
+
+
+@router.post("/{name}/shadow", summary="Run a candidate in shadow")
+async def shadow(name: str, body: ShadowBody, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(
+        deps.start_shadow, svc.workspace, name, body.candidate, sample=body.sample, actor=ACTOR
+    )
+    return await _changed(svc, dep)
+
+
+@router.post("/{name}/canary", summary="Start a canary with gates and automatic rollback")
+async def canary(name: str, body: CanaryBody, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(
+        deps.start_canary,
+        svc.workspace,
+        name,
+        body.candidate,
+        steps=body.steps,
+        min_requests=body.step_min_requests,
+        min_seconds=body.step_min_seconds,
+        gates=body.gates,
+        actor=ACTOR,
+    )
+    return await _changed(svc, dep)
+
+
+@router.post("/{name}/bluegreen", summary="Load a candidate beside live, ready to switch")
+async def bluegreen(name: str, body: BlueGreenBody, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(
+        deps.start_bluegreen,
+        svc.workspace,
+        name,
+        body.candidate,
+        keep_warm_s=body.keep_warm_s,
+        actor=ACTOR,
+    )
+    return await _changed(svc, dep)
+
+
+@router.post("/{name}/promote", summary="Make the candidate live (blue-green: the switch)")
+async def promote(name: str, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(deps.promote, svc.workspace, name, actor=ACTOR)
+    return await _changed(svc, dep, "promote")
+
+
+@router.post("/{name}/rollback", summary="Stop the candidate, or switch back")
+async def rollback(name: str, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(deps.rollback, svc.workspace, name, actor=ACTOR)
+    return await _changed(svc, dep, "rollback")
+
+
+@router.post("/{name}/pause", summary="Hold a canary at its step")
+async def pause(name: str, request: Request) -> Response:
+    svc = _service(request)
+    return await _changed(svc, await _call(deps.pause, svc.workspace, name, actor=ACTOR))
+
+
+@router.post("/{name}/resume", summary="Continue a paused canary")
+async def resume(name: str, request: Request) -> Response:
+    svc = _service(request)
+    return await _changed(svc, await _call(deps.resume, svc.workspace, name, actor=ACTOR))
+
+
+@router.post("/{name}/automation", summary="Set the deployment's degree of automation")
+async def automation(name: str, body: AutomationBody, request: Request) -> Response:
+    svc = _service(request)
+    dep = await _call(deps.set_automation, svc.workspace, name, body.level, actor=ACTOR)
+    return await _changed(svc, dep)
