@@ -35,6 +35,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="torch threads (default: all cores)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -79,6 +80,8 @@ def main() -> int:
         kw["batch"] = args.batch
     if args.eval_every is not None:
         kw["eval_every"] = args.eval_every
+    if args.workers is not None:
+        kw["workers"] = args.workers
     cfg = TrainConfig(**kw)
 
     def on_epoch(m) -> None:
