@@ -29,8 +29,6 @@ import argparse
 import datetime as dt
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import clean_env, constant_graph, free_port, stop_process
 from PIL import Image
 
 TOKEN = "bench"
@@ -101,27 +100,7 @@ def conv_detector(seed: int, widths=(16, 32, 64, 64)) -> bytes:
 
 def blind_detector() -> bytes:
     """Detects nothing (a zero-score row): rolled back by the no-detection gate."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    row = numpy_helper.from_array(np.zeros((1, 1, 6), np.float32), "row")
-    rest = numpy_helper.from_array(np.array([1, 6], np.int64), "rest")
-    nodes = [
-        helper.make_node("Shape", ["images"], ["b"], start=0, end=1),
-        helper.make_node("Concat", ["b", "rest"], ["shape"], axis=0),
-        helper.make_node("Expand", ["row", "shape"], ["detections"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "blind",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["B", 1, 6])],
-        [row, rest],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return constant_graph([0.0] * 6, SIZE, "blind")
 
 
 def photo_jpeg(seed: int) -> bytes:
@@ -136,12 +115,6 @@ def photo_jpeg(seed: int) -> bytes:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Replica:
     proc: subprocess.Popen[bytes]
@@ -153,16 +126,11 @@ class Replica:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 def start_replicas(root: Path, n: int, env_extra: dict[str, str] | None = None) -> list[Replica]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETOPS_")}
+    env = clean_env()
     env.update({"DETOPS_SERVE_TOKEN": TOKEN, **(env_extra or {})})
     reps = []
     for _ in range(n):

@@ -30,8 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import clean_env, constant_graph, free_port, stop_process
 from PIL import Image
 
 LUA = """
@@ -83,24 +82,7 @@ def export_detector(path: Path, imgsz: int, num_classes: int, name: str = "defau
 
 def noop_graph(imgsz: int) -> bytes:
     """``images [B,3,S,S] -> detections [B,1,6]``: one constant box, no compute."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    row = np.array([[[10, 10, 50, 50, 0.9, 0]]], np.float32)
-    nodes = [
-        helper.make_node("Shape", ["images"], ["b"], start=0, end=1),
-        helper.make_node("Concat", ["b", "rest"], ["shape"], axis=0),
-        helper.make_node("Expand", ["row", "shape"], ["detections"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "noop",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, imgsz, imgsz])],
-        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["B", 1, 6])],
-        [numpy_helper.from_array(row, "row"), numpy_helper.from_array(np.array([1, 6]), "rest")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    return model.SerializeToString()
+    return constant_graph([10, 10, 50, 50, 0.9, 0], imgsz, "noop")
 
 
 def photo_jpeg(size: int, seed: int = 0) -> bytes:
@@ -137,17 +119,11 @@ def batch_rate(rt, jpegs: list[bytes], seconds: float) -> float:
 # -- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     def __init__(self, ws: Path, model: str, *, policy: str, spinning: bool, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DETOPS_")}
+        env = clean_env()
         env["DETOPS_SERVE_ALLOW_SPINNING"] = "true" if spinning else "false"
         self._log = open(log, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -189,12 +165,7 @@ class ServerProcess:
         return total
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 

@@ -5,7 +5,10 @@ register them as a dataset version, validate it, print its statistics, check whe
 annotators agree (consistency verdict and conventions) and store their human-level performance.
 Stage 2 (model): train the default detector briefly, evaluate it through the ONNX runtime,
 register it and point the alias ``production`` at it.
-Stage 3 (deploy): serve ``det@production`` and print a curl line to try (``--no-serve`` skips).
+Stage 3 (roll out): synthesise shifted scenes (dusk: darker, lower contrast, noisier), train a
+second version on them, run it in shadow beside ``det@production``, then as a canary through
+its steps until the controller promotes it or rolls it back, printing each decision and why.
+Stage 4 (deploy): serve the deployment and print a curl line to try (``--no-serve`` skips).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ def quickstart(
     _consistency_stage(ws, dv, stored)
 
     _model_stage(ws, dv, train_minutes, seed)
+    _rollout_stage(ws, root, n, seed, train_minutes)
     ws.close()
     typer.secho(
         "\nnext: detops data show shapes | detops runs list | detops models show det@production"
@@ -110,6 +114,64 @@ def quickstart(
     typer.echo(f"(run commands inside {root} or pass --workspace {root})")
     if serve:
         _serve_stage(root, src, port)
+
+
+# the drift the second version is trained for: dusk (darker, flatter, noisier scenes)
+DUSK = {"brightness": -45.0, "contrast": 0.75, "noise": 9.0}
+DEPLOYMENT = "quickstart"
+
+
+def _rollout_stage(ws: Workspace, root: Path, n: int, seed: int, train_minutes: float) -> None:
+    """Train det on shifted scenes, then shadow + canary it against det@production."""
+    from detops.data.formats import load_coco, save
+    from detops.data.synth import SceneConfig, synthesize
+    from detops.data.versions import add_dataset, load_version
+    from detops.model.registry import list_models
+    from detops.model.train import TrainConfig
+    from detops.model.workflow import register_run, train_run
+    from detops.serve.rollout import demo_rollout
+
+    n_dusk = max(20, n // 2)
+    t = _step(f"drift: synthesise {n_dusk} dusk scenes (brightness {DUSK['brightness']:+g}, "
+              f"contrast x{DUSK['contrast']}, noise {DUSK['noise']:g})")  # fmt: skip
+    src = root / "sources" / f"shapes-dusk-{seed}"
+    if not (src / "annotations.json").exists():
+        ds = synthesize(src, n_dusk, seed + 1, SceneConfig(**DUSK))
+        save(ds, src, "coco", copy_images=False)
+    dv = add_dataset(ws, "shapes-dusk", load_coco(src / "annotations.json"), source=str(src),
+                     source_format="coco")  # fmt: skip
+    typer.echo(f"{'registered' if dv.created else 'already registered as'} {dv.ref} "
+               f"({time.perf_counter() - t:.1f}s)")  # fmt: skip
+
+    existing = [m for m in list_models(ws, "det") if m.lineage.get("dataset") == dv.ref]
+    if existing:
+        candidate = existing[-1]
+        _step(f"candidate: reusing {candidate.ref} trained on {dv.ref}")
+    else:
+        minutes = max(0.1, train_minutes / 2)
+        t = _step(f"train a second version on {dv.ref} for up to {minutes:g} min")
+        from detops.cli.train import _EpochBar
+
+        with _EpochBar() as bar:
+            run = train_run(ws, dv.ref, TrainConfig(time_budget_s=minutes * 60, seed=seed),
+                            progress=bar, echo=typer.echo)  # fmt: skip
+        candidate = register_run(ws, run.id, "det")
+        typer.echo(f"registered {candidate.ref} ({time.perf_counter() - t:.0f}s)")
+
+    _step(f"roll out {candidate.ref} in deployment {DEPLOYMENT!r}: shadow, then canary")
+    # the traffic is what the new version was made for: dusk scenes it did not train on
+    stored = load_version(ws, dv)
+    held_out = [img for img in stored.images if img.split != "train"] or stored.images
+    images = [stored.image_path(img).read_bytes() for img in held_out[:32]]
+    result = demo_rollout(ws, DEPLOYMENT, candidate.ref, model="det@production",
+                          echo=lambda line: typer.echo(f"  {line}"), images=images)  # fmt: skip
+    outcome = result["outcome"]
+    reason = f": {result['reason']}" if result.get("reason") else ""
+    colour = "green" if outcome in ("promoted", "already_live") else "yellow"
+    typer.secho(f"outcome: {outcome}{reason}; det@production is now {result['live']} "
+                f"({result['requests']} requests, {result['failed_requests']} failed)",
+                fg=colour)  # fmt: skip
+    typer.echo(f"history: detops deploy history {DEPLOYMENT}")
 
 
 def _consistency_stage(ws: Workspace, dv: DatasetVersion, stored: Dataset) -> None:
@@ -201,11 +263,12 @@ def _serve_stage(root: Path, src: Path, port: int) -> None:
     from detops.workspace import Workspace
 
     image = sorted((src / "images").iterdir())[0]
-    _step(f"serve det@production on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    _step(f"serve deployment {DEPLOYMENT!r} (det@production) on http://127.0.0.1:{port} "
+          "(Ctrl-C stops it)")  # fmt: skip
     typer.echo("try, from another terminal:")
     typer.echo(
         f"  curl -s -X POST -H 'Content-Type: image/jpeg' --data-binary @{image} "
         f"http://127.0.0.1:{port}/v1/detect"
     )
     typer.echo(f"  docs: http://127.0.0.1:{port}/docs   metrics: http://127.0.0.1:{port}/metrics")
-    serve(Workspace(root, flags={"serve.model": "det@production", "serve.port": port}))
+    serve(Workspace(root, flags={"serve.deployment": DEPLOYMENT, "serve.port": port}))

@@ -153,8 +153,9 @@ def train_run(
                 RunRecorder(ws, dataset=dv.ref, dataset_digest=dv.digest, params=params))
     out_dir = ws.state_dir / "runs" / recorder.id
     out_dir.mkdir(parents=True, exist_ok=True)
+    truth = f"annotator {annotator}" if annotator else "the dataset's boxes"
     echo(f"run {recorder.id}: {len(train_ds.images)} train / {len(val_ds.images)} val images "
-         f"of {dv.ref}, ground truth from annotator {annotator or '-'}")
+         f"of {dv.ref}, ground truth: {truth}")
     try:
         result = train(train_ds, val_ds, config, out_dir=out_dir, progress=progress,
                        resume=bool(resume),

@@ -84,11 +84,7 @@ class AutomationBody(_Body):
 
 def _service(request: Request) -> Service:
     svc: Service = request.app.state.service
-    try:
-        svc.check_token(request.headers.get("authorization"), "admin endpoints")
-    except HTTPProblem as p:
-        svc.metrics.reject(p.code)
-        raise
+    svc.authorize(request.headers.get("authorization"), "admin endpoints")
     if svc.workspace is None:
         raise HTTPProblem(404, "bad_request", "this server has no store to keep deployments in")
     return svc
@@ -114,7 +110,12 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise HTTPProblem(404, "not_found", str(e)) from e
 
 
-async def _changed(svc: Service, dep: deps.Deployment, decision: str | None = None) -> Response:
+async def _apply(
+    request: Request, action: Any, name: str, *args: Any, decision: str | None = None, **kw: Any
+) -> Response:
+    """``action(workspace, name, *args, actor="api", **kw)``: this replica applies it at once."""
+    svc = _service(request)
+    dep: deps.Deployment = await _call(action, svc.workspace, name, *args, actor=ACTOR, **kw)
     agent = _agent(svc, dep.name)
     if agent is not None:
         agent.apply(dep)  # this replica at once; the others within rollout.poll_s
@@ -159,72 +160,50 @@ async def history(name: str, request: Request) -> Response:
 
 @router.post("/{name}/shadow", summary="Run a candidate in shadow")
 async def shadow(name: str, body: ShadowBody, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(
-        deps.start_shadow, svc.workspace, name, body.candidate, sample=body.sample, actor=ACTOR
-    )
-    return await _changed(svc, dep)
+    return await _apply(request, deps.start_shadow, name, body.candidate, sample=body.sample)
 
 
 @router.post("/{name}/canary", summary="Start a canary with gates and automatic rollback")
 async def canary(name: str, body: CanaryBody, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(
+    return await _apply(
+        request,
         deps.start_canary,
-        svc.workspace,
         name,
         body.candidate,
         steps=body.steps,
         min_requests=body.step_min_requests,
         min_seconds=body.step_min_seconds,
         gates=body.gates,
-        actor=ACTOR,
     )
-    return await _changed(svc, dep)
 
 
 @router.post("/{name}/bluegreen", summary="Load a candidate beside live, ready to switch")
 async def bluegreen(name: str, body: BlueGreenBody, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(
-        deps.start_bluegreen,
-        svc.workspace,
-        name,
-        body.candidate,
-        keep_warm_s=body.keep_warm_s,
-        actor=ACTOR,
+    return await _apply(
+        request, deps.start_bluegreen, name, body.candidate, keep_warm_s=body.keep_warm_s
     )
-    return await _changed(svc, dep)
 
 
 @router.post("/{name}/promote", summary="Make the candidate live (blue-green: the switch)")
 async def promote(name: str, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(deps.promote, svc.workspace, name, actor=ACTOR)
-    return await _changed(svc, dep, "promote")
+    return await _apply(request, deps.promote, name, decision="promote")
 
 
 @router.post("/{name}/rollback", summary="Stop the candidate, or switch back")
 async def rollback(name: str, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(deps.rollback, svc.workspace, name, actor=ACTOR)
-    return await _changed(svc, dep, "rollback")
+    return await _apply(request, deps.rollback, name, decision="rollback")
 
 
 @router.post("/{name}/pause", summary="Hold a canary at its step")
 async def pause(name: str, request: Request) -> Response:
-    svc = _service(request)
-    return await _changed(svc, await _call(deps.pause, svc.workspace, name, actor=ACTOR))
+    return await _apply(request, deps.pause, name)
 
 
 @router.post("/{name}/resume", summary="Continue a paused canary")
 async def resume(name: str, request: Request) -> Response:
-    svc = _service(request)
-    return await _changed(svc, await _call(deps.resume, svc.workspace, name, actor=ACTOR))
+    return await _apply(request, deps.resume, name)
 
 
 @router.post("/{name}/automation", summary="Set the deployment's degree of automation")
 async def automation(name: str, body: AutomationBody, request: Request) -> Response:
-    svc = _service(request)
-    dep = await _call(deps.set_automation, svc.workspace, name, body.level, actor=ACTOR)
-    return await _changed(svc, dep)
+    return await _apply(request, deps.set_automation, name, body.level)

@@ -221,10 +221,15 @@ def _dep(row: Any) -> Deployment:
 
 def get(ws: Any, name: str) -> Deployment:
     with ws.db.read() as conn:
-        row = conn.execute(select(deployments).where(deployments.c.name == name)).first()
-        if row is None:
-            known = [n for (n,) in conn.execute(select(deployments.c.name))]
-            raise DeploymentNotFound(_not_found(name, known))
+        return _read(conn, name)
+
+
+def _read(conn: Any, name: str) -> Deployment:
+    """The deployment ``name`` as ``conn`` sees it; DeploymentNotFound names the known ones."""
+    row = conn.execute(select(deployments).where(deployments.c.name == name)).first()
+    if row is None:
+        known = [n for (n,) in conn.execute(select(deployments.c.name))]
+        raise DeploymentNotFound(_not_found(name, known))
     return _dep(row)
 
 
@@ -355,11 +360,7 @@ def _change(
     """Apply ``change`` (which raises InvalidTransition when not allowed) in one transaction."""
     now = at or utcnow()
     with ws.db.write() as conn:
-        row = conn.execute(select(deployments).where(deployments.c.name == name)).first()
-        if row is None:
-            known = [n for (n,) in conn.execute(select(deployments.c.name))]
-            raise DeploymentNotFound(_not_found(name, known))
-        dep = _dep(row)
+        dep = _read(conn, name)
         if expect_revision is not None and dep.revision != expect_revision:
             raise StaleDeployment(
                 f"deployment {name!r} changed (revision {dep.revision}, expected "

@@ -7,6 +7,8 @@ set of rejection reasons.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,10 +37,20 @@ REJECTION_REASONS = (
     "model_error",
 )
 
+# the outcomes of the prediction log's and the review queue's asynchronous writers
+WRITE_OUTCOMES = ("written", "dropped_full", "dropped_store_error")
+
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.013, 0.016, 0.020, 0.025, 0.032,
     0.040, 0.050, 0.065, 0.080, 0.100, 0.150, 0.250, 0.500, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+def _zeroed(counter: Counter, values: Iterable[str]) -> Counter:
+    """``counter`` (one label) with a series for each of ``values``, exported as 0 until used."""
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 class ServeMetrics:
@@ -76,19 +88,19 @@ class ServeMetrics:
         self.queue_depth = Gauge(
             "detops_queue_depth", "jobs waiting for the model", ["model_version"], registry=r
         )
-        self.rejections = Counter(
-            "detops_rejections", "refused requests by reason", ["reason"], registry=r
+        self.rejections = _zeroed(
+            Counter("detops_rejections", "refused requests by reason", ["reason"], registry=r),
+            REJECTION_REASONS,
         )
-        for reason in REJECTION_REASONS:
-            self.rejections.labels(reason)
-        self.log_records = Counter(
-            "detops_prediction_log_records",
-            "prediction-log records by outcome (written, dropped_full, dropped_store_error)",
-            ["outcome"],
-            registry=r,
+        self.log_records = _zeroed(
+            Counter(
+                "detops_prediction_log_records",
+                f"prediction-log records by outcome ({', '.join(WRITE_OUTCOMES)})",
+                ["outcome"],
+                registry=r,
+            ),
+            WRITE_OUTCOMES,
         )
-        for outcome in ("written", "dropped_full", "dropped_store_error"):
-            self.log_records.labels(outcome)
         self.log_queue = Gauge(
             "detops_prediction_log_queue", "records waiting to be written", registry=r
         )
@@ -109,28 +121,30 @@ class ServeMetrics:
         self.automation_level = Gauge(
             "detops_automation_level", "1 for the automation level in force", ["level"], registry=r
         )
-        self.review_items = Counter(
-            "detops_review_items",
-            "requests queued for review by outcome (written, dropped_full, dropped_store_error)",
-            ["outcome"],
-            registry=r,
+        self.review_items = _zeroed(
+            Counter(
+                "detops_review_items",
+                f"requests queued for review by outcome ({', '.join(WRITE_OUTCOMES)})",
+                ["outcome"],
+                registry=r,
+            ),
+            WRITE_OUTCOMES,
         )
-        for outcome in ("written", "dropped_full", "dropped_store_error"):
-            self.review_items.labels(outcome)
         self.review_queue = Gauge(
             "detops_review_queue", "review items waiting to be written", registry=r
         )
         self.review_pending = Gauge(
             "detops_review_pending", "items in the store waiting for a reviewer", registry=r
         )
-        self.review_feedback = Counter(
-            "detops_review_feedback",
-            "reviews submitted to this server, by whether the boxes changed",
-            ["changed"],
-            registry=r,
+        self.review_feedback = _zeroed(
+            Counter(
+                "detops_review_feedback",
+                "reviews submitted to this server, by whether the boxes changed",
+                ["changed"],
+                registry=r,
+            ),
+            ("true", "false"),
         )
-        for changed in ("true", "false"):
-            self.review_feedback.labels(changed)
         self.review_override_rate = Gauge(
             "detops_review_override_rate",
             "share of reviewed served requests whose boxes the reviewer changed (whole store; "
@@ -173,14 +187,16 @@ class ServeMetrics:
             ["deployment"],
             registry=r,
         )
-        self.shadow_requests = Counter(
-            "detops_shadow_requests",
-            "shadow copies by outcome (compared, error, shed_busy, shed_full, not_loaded)",
-            ["outcome"],
-            registry=r,
+        shadow_outcomes = ("compared", "error", "shed_busy", "shed_full", "not_loaded")
+        self.shadow_requests = _zeroed(
+            Counter(
+                "detops_shadow_requests",
+                f"shadow copies by outcome ({', '.join(shadow_outcomes)})",
+                ["outcome"],
+                registry=r,
+            ),
+            shadow_outcomes,
         )
-        for outcome in ("compared", "error", "shed_busy", "shed_full", "not_loaded"):
-            self.shadow_requests.labels(outcome)
 
     def reject(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

@@ -42,11 +42,7 @@ async def metrics(request: Request) -> Response:
 @router.post("/admin/reload", summary="Check the followed alias now and swap if it moved")
 async def reload(request: Request) -> dict[str, Any]:
     svc = _service(request)
-    try:
-        svc.check_token(request.headers.get("authorization"), "admin endpoints")
-    except HTTPProblem as p:
-        svc.metrics.reject(p.code)
-        raise
+    svc.authorize(request.headers.get("authorization"), "admin endpoints")
     if svc.host is None:
         raise HTTPProblem(400, "bad_request", "this server does not follow an alias")
     loop = asyncio.get_running_loop()

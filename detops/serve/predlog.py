@@ -45,6 +45,28 @@ def take_batch(q: queue.Queue[T], size: int, flush_s: float, stop: threading.Eve
     return batch
 
 
+def write_batch(
+    writer: Callable[[list[T]], Any],
+    batch: list[T],
+    count: Callable[[str, int], None],
+    stop: threading.Event,
+    backoff_s: float,
+    logger: logging.Logger,
+    dropped: str,
+) -> None:
+    """``writer(batch)``, counted ``written``. If the store is down: counted
+    ``dropped_store_error``, logged as ``dropped`` (a format of the count and the error), then a
+    pause of ``backoff_s`` that ``stop`` cuts short. (The prediction log's and the review
+    queue's.)"""
+    try:
+        writer(batch)
+        count("written", len(batch))
+    except Exception as e:  # the store is down: drop, count, back off
+        count("dropped_store_error", len(batch))
+        logger.warning(dropped, len(batch), e)
+        stop.wait(backoff_s)
+
+
 _SAMPLE = "_sample_bytes"
 _COMPARISON = "_comparison"  # a shadow record's comparison with live -> shadow_comparisons
 PURGE_EVERY_S = 600.0
@@ -116,13 +138,15 @@ class PredictionLog:
             if self._metrics is not None:
                 self._metrics.log_queue.set(self._queue.qsize())
             if records:
-                try:
-                    self._writer(records)
-                    self._count("written", len(records))
-                except Exception as e:  # the store is down: drop, count, back off
-                    self._count("dropped_store_error", len(records))
-                    log.warning("prediction log: dropped %d records: %s", len(records), e)
-                    self._stop.wait(min(1.0, self.flush_s))
+                write_batch(
+                    self._writer,
+                    records,
+                    self._count,
+                    self._stop,
+                    min(1.0, self.flush_s),
+                    log,
+                    "prediction log: dropped %d records: %s",
+                )
             if self._purge is not None and time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_EVERY_S
                 try:

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, select, update
 
 from detops.errors import InvalidFeedback, ReviewClosed, ReviewError, ReviewItemNotFound
-from detops.serve.predlog import take_batch
+from detops.serve.predlog import take_batch, write_batch
 from detops.store.artifacts import sha256_bytes
 from detops.store.db import utcnow
 from detops.store.schema import review_feedback, review_items
@@ -213,12 +213,15 @@ class _Sink:
             batch = take_batch(self._queue, self.batch, self.flush_s, self._stop)
             if batch:
                 try:
-                    self._writer(batch)
-                    self._count("written", len(batch))
-                except Exception as e:  # the store is down: drop, count, back off
-                    self._count("dropped_store_error", len(batch))
-                    log.warning("review queue: dropped %d items: %s", len(batch), e)
-                    self._stop.wait(min(1.0, self.flush_s))
+                    write_batch(
+                        self._writer,
+                        batch,
+                        self._count,
+                        self._stop,
+                        min(1.0, self.flush_s),
+                        log,
+                        "review queue: dropped %d items: %s",
+                    )
                 finally:  # the budget covers the batch being written too
                     with self._lock:
                         self._bytes -= sum(len(img) for _, img in batch)

@@ -49,11 +49,7 @@ class Feedback(BaseModel):
 
 def _queue(request: Request, what: str) -> ReviewQueue:
     svc: Service = request.app.state.service
-    try:
-        svc.check_token(request.headers.get("authorization"), what)
-    except HTTPProblem as p:
-        svc.metrics.reject(p.code)
-        raise
+    svc.authorize(request.headers.get("authorization"), what)
     if svc.review is None:
         raise HTTPProblem(404, "bad_request", "this server keeps no review queue (no store)")
     return svc.review

@@ -196,6 +196,14 @@ class Service:
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPProblem(403, "forbidden", "the bearer token is not valid")
 
+    def authorize(self, authorization: str | None, what: str) -> None:
+        """``check_token``, counting a refusal in ``detops_rejections`` (the admin endpoints)."""
+        try:
+            self.check_token(authorization, what)
+        except HTTPProblem as p:
+            self.metrics.reject(p.code)
+            raise
+
     # -- detection -----------------------------------------------------------------------------
 
     async def detect(

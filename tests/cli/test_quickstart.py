@@ -43,14 +43,22 @@ def test_quickstart_runs_the_life_cycle_and_serves(tmp_path, detops):
         text = log.read_text()
         assert ready, text
         for expected in ("registered shapes@v1", "0 errors", "det@v1 is det@production",
-                         "mAP@0.5", "curl -s -X POST"):
+                         "mAP@0.5", "registered shapes-dusk@v1", "registered det@v2",
+                         "shadow", "canary", "outcome: ", "curl -s -X POST"):
             assert expected in text, text
+        outcome = re.search(r"outcome: (\w+).*det@production is now det@v(\d+)", text)
+        assert outcome is not None, text
+        assert outcome.group(1) in ("promoted", "rolled_back"), text
+        production = int(outcome.group(2))
+        assert production == (2 if outcome.group(1) == "promoted" else 1), text
+        assert ", 0 failed)" in text, text
         image = Path(re.search(r"--data-binary @(\S+)", text).group(1))
         r = httpx.post(f"http://127.0.0.1:{port}/v1/detect", content=image.read_bytes(),
                        headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["model"] == {"name": "det", "version": 1}
+        assert body["model"] == {"name": "det", "version": production}
+        assert body["route"]["reason"] == "live", body
         assert body["image"] == {"width": 320, "height": 320}
     finally:
         proc.terminate()
@@ -58,4 +66,7 @@ def test_quickstart_runs_the_life_cycle_and_serves(tmp_path, detops):
 
     again = detops("quickstart", "--dir", str(tmp_path / "qs"), "--n", "40", "--no-serve")
     assert "already registered as shapes@v1" in again.stdout
+    assert "already registered as shapes-dusk@v1" in again.stdout
+    assert "reusing det@v2" in again.stdout
+    assert "outcome: " in again.stdout
     assert "reusing det@v1" in again.stdout
