@@ -136,7 +136,9 @@ def _rollout_stage(ws: Workspace, root: Path, n: int, seed: int, train_minutes: 
               f"contrast x{DUSK['contrast']}, noise {DUSK['noise']:g})")  # fmt: skip
     src = root / "sources" / f"shapes-dusk-{seed}"
     if not (src / "annotations.json").exists():
-        ds = synthesize(src, n_dusk, seed + 1, SceneConfig(**DUSK))
+        dusk = SceneConfig(brightness=DUSK["brightness"], contrast=DUSK["contrast"],
+                           noise=DUSK["noise"])  # fmt: skip
+        ds = synthesize(src, n_dusk, seed + 1, dusk)
         save(ds, src, "coco", copy_images=False)
     dv = add_dataset(ws, "shapes-dusk", load_coco(src / "annotations.json"), source=str(src),
                      source_format="coco")  # fmt: skip

@@ -46,7 +46,7 @@ from detops.errors import (
     StaleDeployment,
 )
 from detops.refs import check_name, parse_ref
-from detops.store.db import utcnow
+from detops.store.db import aware, utcnow
 from detops.store.schema import alias_events, deployment_events, deployments, leases, model_aliases
 
 __all__ = [
@@ -110,13 +110,6 @@ def human_actor() -> str:
     except Exception:  # no name anywhere (some containers)
         who = "unknown"
     return f"human:{who}"
-
-
-def aware(t: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands datetimes back without their zone; every time in the store is UTC."""
-    if t is not None and t.tzinfo is None:
-        return t.replace(tzinfo=dt.UTC)
-    return t
 
 
 @dataclass(frozen=True)

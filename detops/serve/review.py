@@ -40,7 +40,7 @@ from sqlalchemy import case, func, insert, select, update
 from detops.errors import InvalidFeedback, ReviewClosed, ReviewError, ReviewItemNotFound
 from detops.serve.predlog import take_batch, write_batch
 from detops.store.artifacts import sha256_bytes
-from detops.store.db import utcnow
+from detops.store.db import aware, utcnow
 from detops.store.schema import review_feedback, review_items
 
 log = logging.getLogger("detops.serve.review")
@@ -252,11 +252,8 @@ class _Sink:
 
 # -- the queue --------------------------------------------------------------------------------
 def _iso(t: dt.datetime | None) -> str | None:
-    if t is None:
-        return None
-    if t.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
-        t = t.replace(tzinfo=dt.UTC)
-    return t.isoformat()
+    t = aware(t)
+    return None if t is None else t.isoformat()
 
 
 def _public(row: Any, *, full: bool = False) -> dict[str, Any]:

@@ -38,12 +38,12 @@ from typing import Any
 from detops.config import RolloutSettings, ServeSettings
 from detops.errors import StaleDeployment
 from detops.serve import deployments as deps
-from detops.serve.deployments import ACTIVE_STATES, STATES, Deployment, aware
+from detops.serve.deployments import ACTIVE_STATES, STATES, Deployment
 from detops.serve.models import LoadedModel, ModelHost, open_model
 from detops.serve.rollout_demo import demo_rollout
 from detops.serve.routing import DeploymentRouter, RoutePlan
 from detops.serve.shadow import ShadowRunner
-from detops.store.db import utcnow
+from detops.store.db import aware, utcnow
 
 log = logging.getLogger("detops.serve.rollout")
 

@@ -28,6 +28,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def aware(t: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back without their zone; every time in the store is UTC."""
+    if t is not None and t.tzinfo is None:
+        return t.replace(tzinfo=dt.UTC)
+    return t
+
+
 def _enable_wal(dbapi_conn: Any, busy_timeout_ms: int) -> None:
     """Switch a file database to WAL, waiting out other connections as the busy timeout says.
 
