@@ -66,19 +66,20 @@ class DetectorConfig:
 
     num_classes: int
     # Small objects (12-20 px) were the gap: half of them got the wrong class from a stride-4
-    # stage of 24 channels and one block. 32 channels and two blocks there (stem 24) cost 3%
-    # more per training step and gave +0.12 val mAP@0.5 after 8 epochs (0.762 vs 0.642,
-    # bench/train_bench.py --epochs 8); a wider stride-4 stage (48) or a wider neck did worse
-    # per second of training.
+    # stage of 24 channels and one block. 32 channels and two blocks there (stem 24) gave +0.12
+    # val mAP@0.5 after 8 epochs (0.762 vs 0.642, bench/train_bench.py --epochs 8 --workers 1,
+    # side by side); a training step costs 3% more in an interleaved micro-benchmark, ONNX
+    # Runtime ~25% more per image. A wider stride-4 stage (48) did worse per epoch; a wider
+    # neck (48) +0.02 for 28% more per step.
     widths: tuple[int, ...] = (32, 64, 128, 192)  # stride 4, 8, 16, 32 backbone channels
     depths: tuple[int, ...] = (2, 2, 3, 2)  # extra stride-1 blocks per stage
     stem: int = 24
     neck: int = 32  # FPN channels at stride 4
     head: int = 32
     # FPN channels at strides 8..32 (``None``: ``neck``) and depthwise-separable 3x3 blocks on
-    # the heat branch. Measured in bench/train_bench.py on a quiet machine, 10-minute budget:
-    # 64 / 2 -> val mAP@0.5 0.873, mAP 0.686 (507k params, 3.6 ms/image in ORT);
-    # None / 0 -> 0.810 / 0.629 (483k params, 3.8 ms/image).
+    # the heat branch. Measured in bench/train_bench.py on a quiet machine, 10-minute budget,
+    # with the earlier 24-channel stride-4 stage: 64 / 2 -> val mAP@0.5 0.873, mAP 0.686 (507k
+    # params, 3.6 ms/image in ORT); None / 0 -> 0.810 / 0.629 (483k params, 3.8 ms/image).
     neck_wide: int | None = 64
     heat_blocks: int = 2
     ltrb_scale: float = 16.0  # pixels per unit of the ltrb head (TTFNet wh_offset_base)
