@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from detops.errors import InvalidReference
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+# versions are 32-bit INTEGER columns (PostgreSQL); a larger number would reach the database
+# and fail there (SQLite: OverflowError) instead of being a clear reference error
+MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,12 @@ def parse_ref(text: str) -> Ref:
     check_name(name)
     if not sep:
         return Ref(name)
-    if re.fullmatch(r"v\d+", tail):
-        return Ref(name, version=int(tail[1:]))
+    if re.fullmatch(r"v[0-9]+", tail):
+        digits = tail[1:].lstrip("0") or "0"
+        if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
+            raise InvalidReference(f"{text[:80]!r}: version too large (at most {MAX_VERSION})")
+        version = int(digits)
+        return Ref(name, version=version)
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]{0,63}", tail):
         return Ref(name, alias=tail)
     raise InvalidReference(f"{text!r}: expected NAME@vN (e.g. {name}@v1) or NAME@ALIAS")

@@ -150,7 +150,7 @@ def _simple(action: str, doc: str) -> None:
 
 _simple("promote", "Make the candidate live now (blue-green: the switch; canary: skip the rest).")
 _simple("rollback", "Take all traffic from the candidate, or switch back after a promotion.")
-_simple("pause", "Hold a canary at its step (no controller decisions) until `resume`.")
+_simple("pause", "Hold a canary at its step until `resume` (a failed gate still rolls back).")
 _simple("resume", "Continue a paused canary; the step's clock starts again.")
 
 

@@ -4,7 +4,8 @@ A canary step advances only when every gate passes. Each gate compares a window 
 candidate's served requests with a window of live's (both read from the prediction log in the
 store, so every replica's traffic counts) and returns ``pass``, ``fail`` or
 ``insufficient_data`` with the values it measured and the thresholds it used, so a decision can
-be audited afterwards. Too little data is never a pass.
+be audited afterwards. Too little data is never a pass, and neither is a report in which no gate
+judged (every gate disabled, or only a skipped agreement gate).
 
 =====================  ==================================================  ==================
 gate                   fails when                                          default
@@ -84,7 +85,8 @@ __all__ = [
 
 
 class _Gate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no NaN or Infinity: a threshold is a number (turn a gate off with enabled: false)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     min_samples: int | None = Field(None, ge=1, description="default: the top-level min_samples")
@@ -127,7 +129,7 @@ class AgreementGate(_Gate):
 class GatesConfig(BaseModel):
     """The gates file: thresholds per gate (see the module docstring for the defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_samples: int = Field(30, ge=1, description="requests needed on each side, per gate")
     live_window_s: float = Field(
@@ -195,6 +197,8 @@ def load_gates(path: str | Path | None) -> GatesConfig:
         raise GatesConfigError(f"{p}: no such gates file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GatesConfigError(f"{p}: not UTF-8 text: {exc}") from exc
     except yaml.YAMLError as exc:
         raise GatesConfigError(f"{p}: not valid YAML: {exc}") from exc
     return GatesConfig.from_mapping(data or {}, source=str(p))
@@ -365,6 +369,12 @@ class GatesReport:
             return "insufficient data: " + "; ".join(
                 r.reason for r in self.results if r.status == "insufficient_data"
             )
+        if self.verdict == "insufficient_data":
+            return (
+                "insufficient data: no gate judged the candidate ("
+                + ("; ".join(r.reason for r in self.results) or "every gate is disabled")
+                + ")"
+            )
         return "all gates passed"
 
     @property
@@ -381,7 +391,9 @@ class GatesReport:
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """``x`` rounded; None for a missing or non-finite value (events and answers are JSON,
+    which has no NaN or Infinity; PostgreSQL's JSON columns refuse them)."""
+    if x is None or not math.isfinite(x):
         return None
     return round(float(x), nd)
 
@@ -522,6 +534,14 @@ def _class_mix(cfg: GatesConfig, live: Window, cand: Window) -> GateResult:
     short = _short("class_mix", need, candidate=cand.mean_scores.size, live=live.mean_scores.size)
     if short:
         return short
+    if nl == 0 or nc == 0:  # boxes without classes logged: nothing to compare, never a pass
+        return GateResult(
+            "class_mix",
+            "insufficient_data",
+            {"candidate_boxes": nc, "live_boxes": nl},
+            {"min_samples": need},
+            f"class_mix: no class counts logged (candidate {nc} boxes, live {nl} boxes)",
+        )
     tvd, p = class_mix_test(live.class_counts, cand.class_counts)
     measured = {"tvd": _r(tvd), "p_value": _r(p, 6), "candidate_boxes": nc, "live_boxes": nl}
     th = {"max_tvd": g.max_tvd, "alpha": g.alpha}
@@ -579,11 +599,13 @@ def evaluate(
         if cfg.gate(name).enabled:
             results.append(checks[name]())
     statuses = {r.status for r in results}
+    # a pass needs at least one gate that judged: every gate disabled, or only a skipped
+    # agreement gate, is too little evidence (it never passes silently)
     verdict: Literal["pass", "fail", "insufficient_data"] = (
         "fail"
         if "fail" in statuses
         else "insufficient_data"
-        if "insufficient_data" in statuses
+        if "insufficient_data" in statuses or "pass" not in statuses
         else "pass"
     )
     return GatesReport(verdict, results, candidate.summary(), live.summary())

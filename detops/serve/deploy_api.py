@@ -40,6 +40,7 @@ from detops.errors import (
     InvalidReference,
     InvalidTransition,
     NotFound,
+    StaleDeployment,
 )
 from detops.serve import deployments as deps
 from detops.serve.api import json_response
@@ -51,7 +52,9 @@ ACTOR = "api"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN or Infinity (Python's JSON reader accepts both) make no sense for a share, a count or a
+    # time, and the store's JSON columns cannot hold them on every database
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CreateBody(_Body):
@@ -101,6 +104,8 @@ async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except DeploymentNotFound as e:
         raise HTTPProblem(404, "not_found", str(e)) from e
     except DeploymentExists as e:
+        raise HTTPProblem(409, "conflict", str(e)) from e
+    except StaleDeployment as e:  # another actor changed it at the same moment: theirs stands
         raise HTTPProblem(409, "conflict", str(e)) from e
     except (InvalidTransition, GatesConfigError, InvalidReference) as e:
         raise HTTPProblem(

@@ -32,11 +32,12 @@ Actors: ``human:<user>`` (CLI), ``api`` (admin REST endpoints), ``controller:<re
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 
 from detops.errors import (
     DeploymentExists,
@@ -362,7 +363,19 @@ def _change(
         values = change(dep)
         values["revision"] = dep.revision + 1
         values["updated_at"] = now
-        conn.execute(update(deployments).where(deployments.c.name == name).values(**values))
+        # conditional on the revision read: where the read above takes no lock (PostgreSQL,
+        # READ COMMITTED), a concurrent change that committed first makes this one match no
+        # row instead of overwriting it (a lost update, two events for one revision)
+        done = conn.execute(
+            update(deployments)
+            .where(deployments.c.name == name, deployments.c.revision == dep.revision)
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise StaleDeployment(
+                f"deployment {name!r} changed while this change was being made (revision "
+                f"{dep.revision}); decide again on its current state"
+            )
         new = replace(dep, **{k: v for k, v in values.items() if k != "steps"})
         if "steps" in values:
             new = replace(new, steps=tuple(float(s) for s in values["steps"]))
@@ -568,7 +581,7 @@ def start_canary(
     step_list = parse_steps(steps)
     if min_requests < 1:
         raise InvalidTransition(f"step min requests {min_requests}: expected at least 1")
-    if min_seconds < 0:
+    if not math.isfinite(min_seconds) or min_seconds < 0:  # NaN: never due, stuck silently
         raise InvalidTransition(f"step min seconds {min_seconds:g}: expected 0 or more")
     cfg = gates if isinstance(gates, GatesConfig) else GatesConfig.from_mapping(gates or {})
     version = _candidate(ws, get(ws, name), candidate, "canary")
@@ -606,7 +619,7 @@ def start_bluegreen(
     actor: str | None = None,
 ) -> Deployment:
     """Load ``candidate`` beside live (the other colour); ``promote`` switches in one step."""
-    if keep_warm_s is not None and keep_warm_s < 0:
+    if keep_warm_s is not None and (not math.isfinite(keep_warm_s) or keep_warm_s < 0):
         raise InvalidTransition(f"keep warm {keep_warm_s:g} s: expected 0 or more")
     version = _candidate(ws, get(ws, name), candidate, "blue-green switch to")
 
@@ -693,7 +706,8 @@ def rollback(ws: Any, name: str, *, actor: str | None = None, reason: str = "man
 
 
 def pause(ws: Any, name: str, *, actor: str | None = None) -> Deployment:
-    """Hold the canary at its step: no controller decisions until ``resume``."""
+    """Hold the canary at its step: it does not advance until ``resume`` (a failed gate still
+    rolls it back: the candidate keeps its share meanwhile)."""
 
     def change(dep: Deployment) -> dict[str, Any]:
         if dep.state not in ("canary", "insufficient_data"):
@@ -820,10 +834,10 @@ def auto_rollback(
     reason: str,
     at: dt.datetime | None = None,
 ) -> Deployment:
-    """A gate failed: the candidate's share goes to 0."""
+    """A gate failed: the candidate's share goes to 0 (from a paused canary too)."""
 
     def change(dep: Deployment) -> dict[str, Any]:
-        if dep.state not in ("canary", "insufficient_data"):
+        if dep.state not in ("canary", "insufficient_data", "paused"):
             raise InvalidTransition(
                 f"cannot roll back deployment {dep.name!r} automatically in state {dep.state}"
             )
@@ -891,11 +905,20 @@ def acquire_lease(ws: Any, name: str, holder: str, ttl_s: float) -> Lease:
         if cur.holder != holder and cur.expires_at > now:
             return cur
         acquired = cur.acquired_at if cur.holder == holder else now
-        conn.execute(
+        # conditional (still mine, or run out): a contender that took the lease in between
+        # (PostgreSQL, READ COMMITTED: the read above takes no lock) makes this match no row,
+        # so two replicas never both believe they hold it
+        done = conn.execute(
             update(leases)
-            .where(leases.c.name == name)
+            .where(
+                leases.c.name == name,
+                or_(leases.c.holder == holder, leases.c.expires_at <= now),
+            )
             .values(holder=holder, acquired_at=acquired, expires_at=expires)
         )
+        if done.rowcount != 1:
+            again = conn.execute(select(leases).where(leases.c.name == name)).first()
+            return _lease(again) if again is not None else Lease(name, "", now, now)
         return Lease(name, holder, acquired, expires)
 
 

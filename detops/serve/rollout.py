@@ -14,7 +14,8 @@ Every server serving a deployment (``detops serve --deployment NAME``) runs a
   every replica's requests land, and decides: roll back on any failed gate; advance (promote,
   when the next step is 100%) once the step has its minimum requests and seconds and every gate
   passes, live being judged on the requests it served during the same step;
-  hold as ``insufficient_data`` when the step is due but the data is not there. A rollback is
+  hold as ``insufficient_data`` when the step is due but the data is not there. A paused
+  canary never advances, but a failed gate still rolls it back. A rollback is
   applied in-process before it is written, so the deciding replica stops routing to the
   candidate at once; the others see the new revision within one poll. If the holder dies, its
   lease expires after ``rollout.lease_ttl_s`` and another replica takes over.
@@ -313,7 +314,10 @@ class RolloutAgent:
         dep = deps.get(self.ws, self.name)
         if dep.revision != self.dep.revision:
             self.apply(dep)
-        if dep.state not in ("canary", "insufficient_data") or dep.candidate_version is None:
+        # a paused canary is judged too: it never advances, but a gate breach still rolls it back
+        # (its candidate keeps its share while paused)
+        judged = ("canary", "insufficient_data", "paused")
+        if dep.state not in judged or dep.candidate_version is None:
             return None
         return self.judge(dep)
 
@@ -359,6 +363,12 @@ class RolloutAgent:
         self.last_report = {"verdict": report.verdict, "reason": report.reason, **measured}
         kw = dict(expect_revision=dep.revision, actor=self.actor, measured=measured,
                   thresholds=thresholds, at=now)  # fmt: skip
+        lease = self.lease
+        if lease is not None and not lease.held_by(self.replica, now):
+            # the lease ran out while judging (a slow store): another replica may be deciding
+            # now; leave the decision to whoever holds it at the next tick
+            self.is_controller = False
+            return None
         try:
             if report.verdict == "fail":
                 # stop routing to the candidate here first; the store tells the other replicas
@@ -370,6 +380,8 @@ class RolloutAgent:
                 return "rollback"
             due = elapsed >= dep.min_seconds
             enough = cand.n >= dep.min_requests
+            if dep.state == "paused":  # held by a person: only a breach (above) acts
+                return None
             if due and enough and report.verdict == "pass":
                 new = deps.advance(self.ws, dep.name, reason=report.reason, **kw)  # type: ignore[arg-type]
                 decision = "promote" if new.state == "promoted" else "advance"

@@ -83,6 +83,8 @@ def test_a_deployment_from_create_to_rollback(detops, root):
         (("create", "prod", "--model", "det@production"), "'prod' already exists"),
         (("create", "x", "--model", "det@staging"), "no alias 'staging'"),
         (("shadow", "prod", "v2", "--sample", "1.5"), "expected a share in (0, 1]"),
+        (("canary", "prod", "v2", "--step-min-seconds", "nan"), "expected 0 or more"),
+        (("canary", "prod", "99999999999999999999"), "version too large"),
     ],
 )
 def test_mistakes_are_named(detops, root, args, message):

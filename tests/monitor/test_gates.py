@@ -60,6 +60,8 @@ def test_defaults_and_overrides():
         ({"error_rate": {"max_increase": 2}}, "error_rate.max_increase"),  # out of range
         ({"min_samples": 0}, "min_samples"),
         ([1, 2], "expected a mapping"),
+        ({"latency_p95": {"max_ratio": float("inf")}}, "latency_p95.max_ratio"),  # not JSON
+        ({"live_window_s": float("nan")}, "live_window_s"),
     ],
 )
 def test_bad_gates_name_the_problem(data, message):
@@ -77,6 +79,9 @@ def test_gates_file(tmp_path):
         load_gates(f)
     with pytest.raises(GatesConfigError, match="no such gates file"):
         load_gates(tmp_path / "missing.yaml")
+    f.write_bytes(b"min_samples: \xff\xfe\n")  # not a traceback: the file and why
+    with pytest.raises(GatesConfigError, match="not UTF-8 text"):
+        load_gates(f)
     report = evaluate(cfg, live=window(), candidate=window())
     assert "mean_confidence" not in {r.gate for r in report.results}
 
@@ -231,3 +236,35 @@ def test_windows_read_the_prediction_log(tmp_path, monkeypatch):
     assert (few.n, few.errors, few.n_ok) == (7, 2, 1)
     assert load_agreement(ws, "det", 3).size == 0
     ws.close()
+
+
+def test_no_gate_judging_is_not_a_pass():
+    # every gate disabled, or only agreement left and no shadow data: nothing was judged
+    off = {name: {"enabled": False} for name in GATE_NAMES}
+    none = evaluate(GatesConfig.from_mapping(off), live=window(), candidate=window())
+    assert none.verdict == "insufficient_data" and none.results == []
+    assert "every gate is disabled" in none.reason
+    only_agreement = GatesConfig.from_mapping({**off, "agreement": {"enabled": True}})
+    skipped = evaluate(only_agreement, live=window(), candidate=window())
+    assert skipped.verdict == "insufficient_data" and "no gate judged" in skipped.reason
+    judged = evaluate(only_agreement, live=window(), candidate=window(), agreement=np.ones(40))
+    assert judged.verdict == "pass"
+
+
+def test_class_mix_without_class_counts_is_insufficient_not_a_pass():
+    cfg = GatesConfig.from_mapping({"min_samples": 30})
+    unlabeled = window(classes={})  # boxes and scores logged, no class counts
+    report = evaluate(cfg, live=window(), candidate=unlabeled)
+    r = only(report, "class_mix")
+    assert r.status == "insufficient_data" and "no class counts" in r.reason
+    assert report.verdict == "insufficient_data"
+
+
+def test_measured_values_are_strict_json_even_when_a_ratio_is_infinite():
+    import json
+
+    # live finds nothing, the candidate finds boxes everywhere: the boxes ratio is infinite
+    report = evaluate(GatesConfig(), live=window(boxes=0), candidate=window(boxes=3))
+    r = only(report, "boxes_per_image")
+    assert r.status == "fail" and r.measured["ratio"] is None
+    json.dumps({"m": report.measured, "t": report.thresholds}, allow_nan=False)  # no Infinity

@@ -6,6 +6,7 @@ import datetime as dt
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select, update
@@ -14,6 +15,7 @@ from detops.errors import (
     DeploymentExists,
     DeploymentNotFound,
     GatesConfigError,
+    InvalidReference,
     InvalidTransition,
     StaleDeployment,
 )
@@ -48,6 +50,8 @@ def test_create_and_read(ws):
         deps.get(ws, "prd")
     with pytest.raises(InvalidTransition, match="automation level 'fully'"):
         deps.create(ws, "other", "det@production", automation="fully")
+    with pytest.raises(InvalidReference, match="version too large"):
+        deps.create(ws, "other", "det@v99999999999999999999")
 
 
 BAD = [
@@ -64,6 +68,15 @@ BAD = [
     ("start_canary", {"candidate": "v2", "steps": "a,b"}, "percentages separated by commas"),
     ("start_canary", {"candidate": "v2", "steps": "100"}, "at least one step below 100"),
     ("start_shadow", {"candidate": "v2", "sample": 0}, "expected a share in \\(0, 1\\]"),
+    ("start_shadow", {"candidate": "v2", "sample": float("nan")}, "expected a share"),
+    # NaN seconds would never be due: the step would hold silently for ever
+    ("start_canary", {"candidate": "v2", "min_seconds": float("nan")}, "expected 0 or more"),
+    ("start_canary", {"candidate": "v2", "min_seconds": float("inf")}, "expected 0 or more"),
+    ("start_bluegreen", {"candidate": "v2", "keep_warm_s": float("nan")}, "expected 0 or more"),
+    # a version no INTEGER column can hold is a clear error, not an OverflowError (a 500)
+    ("start_canary", {"candidate": "99999999999999999999"}, "version too large"),
+    ("start_bluegreen", {"candidate": "det@v2147483648"}, "version too large"),
+    ("start_shadow", {"candidate": "v" + "9" * 5000}, "version too large"),
 ]
 
 
@@ -230,3 +243,111 @@ def test_the_client_hash_is_the_same_in_every_process():
     # and it spreads clients evenly: about 10% below 0.1
     many = [client_unit(f"c{i}") for i in range(20_000)]
     assert abs(sum(u < 0.1 for u in many) / len(many) - 0.1) < 0.01
+
+
+def test_a_change_never_overwrites_one_committed_since_it_read(ws, monkeypatch):
+    # PostgreSQL (READ COMMITTED) lets two writers read the same revision: simulate the loser,
+    # whose read is older than the row a concurrent promote has just committed
+    deps.create(ws, "prod", "det@production")
+    deps.start_canary(ws, "prod", "v2")
+    real = deps._read
+    canary = deps.get(ws, "prod")
+    promoted = deps.promote(ws, "prod", actor="human:first")
+    assert promoted.revision == canary.revision + 1
+    monkeypatch.setattr(deps, "_read", lambda conn, name: canary)  # what the loser had read
+    with pytest.raises(StaleDeployment, match="changed while this change was being made"):
+        deps.rollback(ws, "prod", actor="human:late")
+    monkeypatch.setattr(deps, "_read", real)
+    assert deps.get(ws, "prod") == promoted  # the first writer's state stands
+    assert [e["actor"] for e in deps.history(ws, "prod")][-1] == "human:first"
+
+
+def test_a_lease_taken_by_a_contender_in_between_is_not_overwritten(ws, monkeypatch):
+    a = deps.acquire_lease(ws, "rollout:prod", "a", 30)
+    real = deps._lease
+    # "b" read the lease when it had run out; "a" renewed it before b's update
+    monkeypatch.setattr(deps, "_lease", lambda row: replace(real(row), expires_at=a.acquired_at))
+    got = deps.acquire_lease(ws, "rollout:prod", "b", 30)
+    monkeypatch.setattr(deps, "_lease", real)
+    assert got.holder == "a"
+    assert deps.read_lease(ws, "rollout:prod").holder == "a"
+
+
+def test_a_lost_race_through_the_api_is_a_409_not_a_500():
+    import asyncio
+
+    from detops.serve import deploy_api
+    from detops.serve.service import HTTPProblem
+
+    def lost() -> None:
+        raise StaleDeployment("deployment 'prod' changed while this change was being made")
+
+    with pytest.raises(HTTPProblem) as info:
+        asyncio.run(deploy_api._call(lost))
+    assert info.value.status == 409 and "changed while" in str(info.value)
+
+
+def test_a_paused_canary_never_advances_but_a_breach_still_rolls_it_back(ws, monkeypatch):
+    from detops.config import RolloutSettings
+    from detops.monitor import gates
+    from detops.serve.models import ModelHost
+    from detops.serve.rollout import RolloutAgent
+    from detops.serve.routing import DeploymentRouter
+
+    deps.create(ws, "prod", "det@production")
+    deps.start_canary(ws, "prod", "v2", steps="50,100", min_requests=1, min_seconds=0)
+    dep = deps.pause(ws, "prod")
+    host = ModelHost("test", resolve=lambda: ("det", 1), load=None, watch=False)  # type: ignore[arg-type]
+    router = DeploymentRouter(host, plan_for(dep))
+    agent = RolloutAgent(ws, dep, host=host, router=router, load=None, rollout=RolloutSettings())  # type: ignore[arg-type]
+    agent.apply(dep)
+    healthy = [{"status": 200, "latency_ms": 5.0, "n_boxes": 1, "mean_score": 0.9,
+                "class_counts": {"car": 1}}] * 50  # fmt: skip
+    candidate = healthy
+    monkeypatch.setattr(
+        gates,
+        "load_window",
+        lambda ws, model, version, **kw: gates.Window.from_records(
+            candidate if version == 2 else healthy
+        ),
+    )
+    assert agent.tick() is None  # every gate passes, yet a paused step does not advance
+    assert deps.get(ws, "prod").state == "paused"
+    candidate = [{"status": 500}] * 50  # the candidate starts failing while paused
+    assert agent.tick() == "rollback"
+    dep = deps.get(ws, "prod")
+    assert (dep.state, dep.candidate_version) == ("rolled_back", None)
+    assert router.plan.candidate_share() == 0.0
+    event = deps.history(ws, "prod")[-1]
+    assert (event["from_state"], event["decision"]) == ("paused", "rollback")
+    assert event["reason"].startswith("error_rate")
+
+
+def test_no_decision_once_the_lease_ran_out_while_judging(ws, monkeypatch):
+    from detops.config import RolloutSettings
+    from detops.monitor import gates
+    from detops.serve.models import ModelHost
+    from detops.serve.rollout import RolloutAgent
+    from detops.serve.routing import DeploymentRouter
+
+    deps.create(ws, "prod", "det@production")
+    dep = deps.start_canary(ws, "prod", "v2", steps="50,100", min_requests=1, min_seconds=0)
+    host = ModelHost("test", resolve=lambda: ("det", 1), load=None, watch=False)  # type: ignore[arg-type]
+    router = DeploymentRouter(host, plan_for(dep))
+    settings = RolloutSettings(lease_ttl_s=30)
+    agent = RolloutAgent(ws, dep, host=host, router=router, load=None, rollout=settings)  # type: ignore[arg-type]
+    failing = gates.Window.from_records([{"status": 500}] * 50)
+    ok = {"status": 200, "latency_ms": 5.0, "n_boxes": 1, "mean_score": 0.9}
+    healthy = gates.Window.from_records([{**ok, "class_counts": {"car": 1}}] * 50)
+
+    def slow_store(*args, **kw):  # the lease runs out while the windows are read
+        with ws.db.write() as conn:
+            past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            conn.execute(update(leases).values(expires_at=past))
+        agent.lease = deps.read_lease(ws, agent.lease_name)
+        return failing if args[2] == 2 else healthy
+
+    monkeypatch.setattr(gates, "load_window", slow_store)
+    assert agent.tick() is None  # a breach, but no longer this replica's to decide
+    assert deps.get(ws, "prod").revision == dep.revision  # nothing written
+    assert router.plan.candidate_share() == 0.5 and not agent.is_controller

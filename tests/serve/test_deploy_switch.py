@@ -182,6 +182,22 @@ def test_admin_endpoints_need_the_token_and_say_what_is_wrong(make_ws, running_s
     r = c.post("/admin/deployments/prod/canary", json={"candidate": "v2", "stesp": "1,100"},
                headers=AUTH)  # fmt: skip
     assert r.status_code == 422  # unknown field in the body
+    # numbers no column can hold, NaN and Infinity: refused with a reason, never a 500
+    r = c.post("/admin/deployments", json={"name": "c", "model": "det@v99999999999999999999"},
+               headers=AUTH)  # fmt: skip
+    assert r.status_code == 422 and "version too large" in r.json()["detail"]
+    r = c.post("/admin/deployments/prod/canary", json={"candidate": "99999999999999999999"},
+               headers=AUTH)  # fmt: skip
+    assert r.status_code == 409 and "version too large" in r.json()["detail"]
+    json_headers = {**AUTH, "content-type": "application/json"}
+    for path, body in (
+        ("bluegreen", b'{"candidate": "v2", "keep_warm_s": Infinity}'),
+        ("bluegreen", b'{"candidate": "v2", "keep_warm_s": NaN}'),
+        ("shadow", b'{"candidate": "v2", "sample": NaN}'),
+        ("canary", b'{"candidate": "v2", "step_min_seconds": Infinity}'),
+    ):
+        r = c.post(f"/admin/deployments/prod/{path}", content=body, headers=json_headers)
+        assert r.status_code == 422, (path, body, r.text)
     r = c.post("/admin/deployments", json={"name": "b", "model": "det@v1"}, headers=AUTH)
     assert r.status_code == 201 and r.json()["live"] == "det@v1"
     status = c.get("/admin/deployments/prod", headers=AUTH).json()
