@@ -54,6 +54,44 @@ def test_switching_to_wal_waits_for_a_lock_held_by_another_connection(tmp_path):
     assert store.version() == MIGRATIONS[-1][0]
 
 
+class _BusyOnWal:
+    """A DB-API connection whose switch to WAL answers "database is locked" ``busy`` times
+    without waiting, as SQLite does while another process creates the same file."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.mode, self.switches = busy, "delete", 0
+
+    def cursor(self) -> _BusyOnWal:
+        return self
+
+    def execute(self, sql: str) -> _BusyOnWal:
+        if sql == "PRAGMA journal_mode=WAL":
+            self.switches += 1
+            if self.busy:
+                self.busy -= 1
+                raise sqlite3.OperationalError("database is locked")
+            self.mode = "wal"
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return (self.mode,)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_switch_to_wal_is_retried_when_sqlite_refuses_it_without_waiting():
+    from detops.store.db import _enable_wal
+
+    conn = _BusyOnWal(busy=3)
+    _enable_wal(conn, busy_timeout_ms=5_000)
+    assert (conn.mode, conn.switches) == ("wal", 4)
+    _enable_wal(conn, busy_timeout_ms=5_000)  # already WAL: no second switch
+    assert conn.switches == 4
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _enable_wal(_BusyOnWal(busy=10**6), busy_timeout_ms=50)  # gives up at the timeout
+
+
 def test_a_lock_held_past_the_busy_timeout_is_a_clear_store_error(tmp_path):
     path = tmp_path / "stuck.db"
     holder = sqlite3.connect(path, isolation_level=None)
