@@ -100,8 +100,6 @@ def baseline(ds: Dataset, iou: float = 0.5, strict: float = 0.75) -> dict[tuple[
 
 def detops_pairs(ds: Dataset, iou: float = 0.5, strict: float = 0.75) -> dict:
     """The same pair counts as :func:`baseline` from detops' matching engine alone."""
-    import numpy as np
-
     from detops.data._agreement import labels_from_dataset, match_all
 
     L, _ = labels_from_dataset(ds)

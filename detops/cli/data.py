@@ -455,11 +455,8 @@ def consensus(
 
     ws = open_workspace(workspace)
     with ProgressBar("hashing images") as bar:
-        dv = add_consensus(ws, ref, name, annotators=_names(annotators), iou=iou,
-                           min_votes=min_votes, all_labelled=all_labelled, progress=bar)
-    from detops.data.versions import load_version
-
-    info = load_version(ws, dv).info.get("consensus", {})
+        dv, info = add_consensus(ws, ref, name, annotators=_names(annotators), iou=iou,
+                                 min_votes=min_votes, all_labelled=all_labelled, progress=bar)
     if as_json:
         print_json({**dv.to_dict(), "created": dv.created, "consensus": info})
         return

@@ -12,7 +12,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from detops.data.dataset import Dataset
+from detops.data.consistency import _pct
+from detops.data.dataset import Dataset, ImageRecord
 
 # tab10: distinct on photos and on the synthetic scenes alike
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -20,11 +21,11 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 MAX_SIDE = 560
 
 
-def draw_image(ds: Dataset, entry: dict[str, Any], colours: dict[str, str]) -> bytes:
+def draw_image(ds: Dataset, img_rec: ImageRecord, entry: dict[str, Any],
+               colours: dict[str, str]) -> bytes:
     """JPEG bytes of the image with each annotator's boxes in its colour."""
     from PIL import Image, ImageDraw
 
-    img_rec = ds.image_by_id()[entry["image_id"]]
     try:
         with Image.open(ds.image_path(img_rec)) as im:
             canvas = im.convert("RGB")
@@ -67,10 +68,6 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def render_html(report: Any, ds: Dataset, *, max_images: int = 12) -> str:
@@ -125,8 +122,9 @@ def render_html(report: Any, ds: Dataset, *, max_images: int = 12) -> str:
     if report.images:
         parts.append(f"<h2>Most inconsistent images (top {min(max_images, len(report.images))})"
                      "</h2>")
+        by_id = ds.image_by_id()
         for e in report.images[:max_images]:
-            jpg = base64.b64encode(draw_image(ds, e, colours)).decode()
+            jpg = base64.b64encode(draw_image(ds, by_id[e["image_id"]], e, colours)).decode()
             events = "".join(f"<li>{html.escape(_event(ev))}</li>" for ev in e["events"][:30])
             more = len(e["events"]) - 30
             if more > 0:

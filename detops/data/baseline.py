@@ -124,7 +124,8 @@ def human_level(ds: Dataset, *, annotators: Sequence[str] | None = None, iou: fl
 def _score(L: Labels, f: Any, j: int, rows: np.ndarray, names: list[str], bootstrap: int,
            seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Annotator ``j``'s boxes on image rows ``rows`` against the fused boxes ``f``."""
-    from detops.evaluate import bootstrap_ci, evaluate_coco, precision_recall_f1
+    from detops.evaluate import bootstrap_ci, evaluate_coco
+    from detops.evaluate.matching import _rates
 
     pos = np.full(L.n_images, -1, np.int64)
     pos[rows] = np.arange(len(rows))
@@ -147,12 +148,14 @@ def _score(L: Labels, f: Any, j: int, rows: np.ndarray, names: list[str], bootst
                        float(L.box[r, 3] - L.box[r, 1])], "score": 1.0}
              for r in mine.tolist()]
     coco = evaluate_coco(gt, preds)
-    prf = precision_recall_f1(gt, preds, 0.5, iou_threshold=0.5)
+    counts = _image_counts(gt, preds, len(rows))
+    tp, fp, fn = (int(x) for x in counts.sum(0))
+    p, r, f1 = _rates(tp, fp, fn)
     res: dict[str, Any] = {
         "coco": coco.stats,
         "per_class": coco.per_class,
-        "at_threshold": {"iou": 0.5, "precision": prf.precision, "recall": prf.recall,
-                         "f1": prf.f1, "tp": prf.tp, "fp": prf.fp, "fn": prf.fn},
+        "at_threshold": {"iou": 0.5, "precision": p, "recall": r, "f1": f1,
+                         "tp": tp, "fp": fp, "fn": fn},
         "images": len(rows),
         "boxes": len(preds),
         "reference_boxes": len(gt["annotations"]),
@@ -162,32 +165,40 @@ def _score(L: Labels, f: Any, j: int, rows: np.ndarray, names: list[str], bootst
     if bootstrap:
         ci = bootstrap_ci(gt, preds, n=bootstrap, seed=seed)
         smp = {m: ci.samples[m] for m in ("AP", "AP50")}
-        smp.update(_prf_samples(gt, preds, len(rows), bootstrap, seed))
+        smp.update(_resampled_prf(counts, bootstrap, seed))
         res["ci"] = {m: _interval(v) for m, v in smp.items()}
     return res, smp
 
 
-def _prf_samples(gt: dict[str, Any], preds: list[dict[str, Any]], n_img: int, n: int,
-                 seed: int) -> dict[str, np.ndarray]:
-    """Precision / recall / F1 over the bootstrap resamples of images that
-    :func:`detops.evaluate.bootstrap_ci` draws with the same seed (the same replicates)."""
+def _image_counts(gt: dict[str, Any], preds: list[dict[str, Any]], n_img: int) -> np.ndarray:
+    """``(n_img, 3)`` true positives, false positives and missed GT per image (images
+    ``1..n_img``), by :func:`detops.evaluate.precision_recall_f1`'s matching at IoU 0.5 (every
+    score is 1.0, so no score threshold applies)."""
     from detops.evaluate._inputs import load_ground_truth, predictions_array
-    from detops.evaluate.bootstrap import resample_images
-    from detops.evaluate.matching import TP, match_dataset
+    from detops.evaluate.matching import FP, TP, match_dataset
 
     g = load_ground_truth(gt)
     dets = predictions_array(preds, g)
     m = match_dataset(g, dets, 0.5)
     img_det = dets[:, 0].astype(np.int64) - 1
     img_gt = g.ann_image_ids.astype(np.int64) - 1
-    counts = np.stack([
+    return np.stack([
         np.bincount(img_det[m.status == TP], minlength=n_img),
-        np.bincount(img_det[m.status != TP], minlength=n_img),
+        np.bincount(img_det[m.status == FP], minlength=n_img),
         np.bincount(img_gt[~m.gt_found & (g.iscrowd == 0)], minlength=n_img),
-    ], 1).astype(np.float64)
+    ], 1)
+
+
+def _resampled_prf(counts: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Precision / recall / F1 over the bootstrap resamples of images that
+    :func:`detops.evaluate.bootstrap_ci` draws with the same seed (the same replicates);
+    ``counts`` as :func:`_image_counts`."""
+    from detops.evaluate.bootstrap import resample_images
+
+    n_img = len(counts)
     weights = np.stack([np.bincount(pick, minlength=n_img)
                         for pick in resample_images(n_img, n, seed)])
-    tp, fp, fn = (weights @ counts).T
+    tp, fp, fn = (weights @ counts.astype(np.float64)).T
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         r = np.where(tp + fn > 0, tp / (tp + fn), 0.0)

@@ -161,13 +161,15 @@ def build_consensus(ds: Dataset, *, annotators: Sequence[str] | None = None, iou
     return out
 
 
-def add_consensus(ws: Any, ref: str, name: str, **options: Any) -> Any:
+def add_consensus(ws: Any, ref: str, name: str, **options: Any) -> tuple[Any, dict[str, Any]]:
     """Build the consensus of dataset version ``ref`` and register it as ``name``'s next
-    version (splits kept). Returns the :class:`~detops.data.versions.DatasetVersion`."""
+    version (splits kept). Returns the :class:`~detops.data.versions.DatasetVersion` and the
+    consensus record (``info["consensus"]`` of the new version: rule, annotators, counts)."""
     from detops.data.versions import add_dataset, get_version, load_version
 
     progress = options.pop("progress", None)
     dv = get_version(ws, ref)
     out = build_consensus(load_version(ws, dv), **options)
-    return add_dataset(ws, name, out, source=f"consensus:{dv.ref}", source_format="consensus",
-                       keep_splits=True, progress=progress)
+    new = add_dataset(ws, name, out, source=f"consensus:{dv.ref}", source_format="consensus",
+                      keep_splits=True, progress=progress)
+    return new, out.info["consensus"]

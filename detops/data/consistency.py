@@ -280,7 +280,7 @@ def check_consistency(
         notes.append(f"{hard} image-pairs had a box with two candidate partners and were "
                      "matched by linear_sum_assignment")
     objects = group_objects(L, matches, range(len(L.names)))
-    names = [c.name for c in ds.categories]
+    names = ds.category_names
     pairs, events = _pairs(L, matches, strict_iou, edge_tolerance, names)
     agreement, classes = _agreement(L, objects, names, pairs, events)
     rates, samples = _rates(L, objects, names, edge_tolerance)

@@ -209,7 +209,7 @@ def _image_candidates(labels: list[Any], d: Any, to_ds: np.ndarray, names: list[
             out.append({"kind": "bad_location", "score": round(float(cs[p]) * (1 - v), 4),
                         **where, "label": label(k), "prediction": pred(p), "iou": round(v, 4)})
     matched = set(pi.tolist())
-    near = iou_grid(cb, lb).max(1) if len(lb) else np.zeros(len(cb))
+    near = grid_all[:, conf].max(0) if len(lb) else np.zeros(len(cb))  # cb is pb[conf]
     for p in range(len(cb)):
         if p not in matched and near[p] < iou:
             out.append({"kind": "missed_box", "score": round(float(cs[p]), 4), **where,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from detops.data.baseline import (
-    _prf_samples,
+    _image_counts,
+    _resampled_prf,
     beside_lines,
     get_baseline,
     hlp_beside,
@@ -97,7 +98,7 @@ def test_hlp_is_the_mean_over_annotators_with_intervals_around_it(result):
 def test_precision_recall_resamples_are_the_bootstrap_ci_draws(scenes):
     gt, preds = coco_of(scenes.ds, "C")
     n = len(gt["images"])
-    samples = _prf_samples(gt, preds, n, 3, seed=7)
+    samples = _resampled_prf(_image_counts(gt, preds, n), 3, seed=7)
     rng = np.random.default_rng(7)  # what bootstrap_ci draws with seed 7
     for r in range(3):
         pick = rng.integers(0, n, n)
@@ -137,7 +138,7 @@ def test_the_baseline_is_stored_and_found_for_the_dataset_and_its_consensus(tmp_
         base = get_baseline(ws, "shapes@v1")
         assert base["dataset"] == "shapes@v1" and base["params"] == {"bootstrap": 40}
         assert base["splits"]["val"]["hlp"]["AP50"] == result["splits"]["val"]["hlp"]["AP50"]
-        cv = add_consensus(ws, dv.ref, "shapes-consensus", all_labelled=True)
+        cv, _ = add_consensus(ws, dv.ref, "shapes-consensus", all_labelled=True)
         assert get_baseline(ws, cv.ref)["dataset"] == "shapes@v1"  # the source's baseline
         assert hlp_beside(ws, cv.ref, "val")["AP50"] == result["splits"]["val"]["hlp"]["AP50"]
         assert hlp_beside(ws, dv.ref, "test") is None  # not computed for that split

@@ -100,14 +100,15 @@ def test_add_consensus_registers_a_version_with_splits_kept(tmp_path):
         ds.root = tmp_path
         Image.new("RGB", (200, 200), (30, 60, 90)).save(tmp_path / "a.png")
         src = add_dataset(ws, "shapes", ds)
-        dv = add_consensus(ws, src.ref, "shapes-consensus")
+        dv, info = add_consensus(ws, src.ref, "shapes-consensus")
         assert dv.ref == "shapes-consensus@v1" and dv.source == "consensus:shapes@v1"
         stored = load_version(ws, dv)
         assert stored.annotators == [CONSENSUS] and len(stored.annotations) == 2
         assert [img.split for img in stored.images] == [
             img.split for img in load_version(ws, src).images]
         assert stored.annotations[0].attributes["agreed"] == ["A", "B"]
-        assert add_consensus(ws, src.ref, "shapes-consensus").created is False  # idempotent
+        assert info == stored.info["consensus"]  # what the command prints is what was stored
+        assert add_consensus(ws, src.ref, "shapes-consensus")[0].created is False  # idempotent
         assert get_version(ws, "shapes-consensus").version == 1
         with pytest.raises(ConsistencyError, match="annotator 'consensus' only"):
             check_consistency(stored)
