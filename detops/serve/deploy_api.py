@@ -35,7 +35,6 @@ from starlette.concurrency import run_in_threadpool
 
 from detops.errors import (
     DeploymentExists,
-    DeploymentNotFound,
     GatesConfigError,
     InvalidReference,
     InvalidTransition,
@@ -101,18 +100,13 @@ def _agent(svc: Service, name: str) -> Any:
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
-    except DeploymentNotFound as e:
+    except NotFound as e:  # the deployment, or a candidate model version
         raise HTTPProblem(404, "not_found", str(e)) from e
-    except DeploymentExists as e:
+    # StaleDeployment: another actor changed it at the same moment: theirs stands
+    except (DeploymentExists, StaleDeployment, InvalidTransition) as e:
         raise HTTPProblem(409, "conflict", str(e)) from e
-    except StaleDeployment as e:  # another actor changed it at the same moment: theirs stands
-        raise HTTPProblem(409, "conflict", str(e)) from e
-    except (InvalidTransition, GatesConfigError, InvalidReference) as e:
-        raise HTTPProblem(
-            409 if isinstance(e, InvalidTransition) else 422, "conflict", str(e)
-        ) from e
-    except NotFound as e:
-        raise HTTPProblem(404, "not_found", str(e)) from e
+    except (GatesConfigError, InvalidReference) as e:
+        raise HTTPProblem(422, "conflict", str(e)) from e
 
 
 async def _apply(

@@ -837,7 +837,7 @@ def auto_rollback(
     """A gate failed: the candidate's share goes to 0 (from a paused canary too)."""
 
     def change(dep: Deployment) -> dict[str, Any]:
-        if dep.state not in ("canary", "insufficient_data", "paused"):
+        if dep.state not in CANARY_STATES:
             raise InvalidTransition(
                 f"cannot roll back deployment {dep.name!r} automatically in state {dep.state}"
             )

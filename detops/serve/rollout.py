@@ -316,8 +316,7 @@ class RolloutAgent:
             self.apply(dep)
         # a paused canary is judged too: it never advances, but a gate breach still rolls it back
         # (its candidate keeps its share while paused)
-        judged = ("canary", "insufficient_data", "paused")
-        if dep.state not in judged or dep.candidate_version is None:
+        if dep.state not in deps.CANARY_STATES or dep.candidate_version is None:
             return None
         return self.judge(dep)
 
@@ -361,8 +360,8 @@ class RolloutAgent:
             "step": {"min_requests": dep.min_requests, "min_seconds": dep.min_seconds},
         }
         self.last_report = {"verdict": report.verdict, "reason": report.reason, **measured}
-        kw = dict(expect_revision=dep.revision, actor=self.actor, measured=measured,
-                  thresholds=thresholds, at=now)  # fmt: skip
+        kw: dict[str, Any] = dict(expect_revision=dep.revision, actor=self.actor,
+                                  measured=measured, thresholds=thresholds, at=now)  # fmt: skip
         lease = self.lease
         if lease is not None and not lease.held_by(self.replica, now):
             # the lease ran out while judging (a slow store): another replica may be deciding
@@ -375,7 +374,7 @@ class RolloutAgent:
                 self.router.plan = dataclasses.replace(
                     self.router.plan, mode="live", candidate=None, share=0.0
                 )
-                new = deps.auto_rollback(self.ws, dep.name, reason=report.reason, **kw)  # type: ignore[arg-type]
+                new = deps.auto_rollback(self.ws, dep.name, reason=report.reason, **kw)
                 self._decided("rollback", report.failed[0], new)
                 return "rollback"
             due = elapsed >= dep.min_seconds
@@ -383,7 +382,7 @@ class RolloutAgent:
             if dep.state == "paused":  # held by a person: only a breach (above) acts
                 return None
             if due and enough and report.verdict == "pass":
-                new = deps.advance(self.ws, dep.name, reason=report.reason, **kw)  # type: ignore[arg-type]
+                new = deps.advance(self.ws, dep.name, reason=report.reason, **kw)
                 decision = "promote" if new.state == "promoted" else "advance"
                 self._decided(decision, "gates_passed", new)
                 return decision
@@ -396,7 +395,7 @@ class RolloutAgent:
                 reason = f"step {dep.step} ({dep.share:.0%}) after {elapsed:.1f} s: " + "; ".join(
                     short
                 )
-                new = deps.hold(self.ws, dep.name, reason=reason, **kw)  # type: ignore[arg-type]
+                new = deps.hold(self.ws, dep.name, reason=reason, **kw)
                 self._decided("hold", "insufficient_data", new)
                 return "hold"
         except StaleDeployment:

@@ -62,18 +62,15 @@ def same_input(a: Any, b: Any) -> bool:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+    """IoU matrix of xyxy boxes (the evaluator's, which takes xywh; imported on first use so
+    serving does not load ``detops.evaluate``)."""
+    from detops.evaluate.matching import iou_matrix
+
+    def xywh(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(-1, 4)
+        return np.concatenate([x[:, :2], x[:, 2:4] - x[:, :2]], axis=1)
+
+    return iou_matrix(xywh(a), xywh(b))
 
 
 def _names(labels: np.ndarray, names: Sequence[str]) -> list[str]:
