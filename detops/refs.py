@@ -51,8 +51,7 @@ def parse_ref(text: str) -> Ref:
         digits = tail[1:].lstrip("0") or "0"
         if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
             raise InvalidReference(f"{text[:80]!r}: version too large (at most {MAX_VERSION})")
-        version = int(digits)
-        return Ref(name, version=version)
+        return Ref(name, version=int(digits))
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]{0,63}", tail):
         return Ref(name, alias=tail)
     raise InvalidReference(f"{text!r}: expected NAME@vN (e.g. {name}@v1) or NAME@ALIAS")

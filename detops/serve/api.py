@@ -125,8 +125,7 @@ async def detect(
     svc = _service(request)
     state = request.scope["state"]
     try:
-        if svc.settings.require_token_for_detect:
-            svc.check_token(request.headers.get("authorization"), "/v1/detect")
+        svc.check_detect_token(request.headers.get("authorization"), "/v1/detect")
         data = await _image_bytes(request)
     except HTTPProblem as p:
         svc.metrics.reject(p.code)
@@ -178,8 +177,7 @@ async def detect_batch(
     state = request.scope["state"]
     rid = state["request_id"]
     try:
-        if svc.settings.require_token_for_detect:
-            svc.check_token(request.headers.get("authorization"), "/v1/detect/batch")
+        svc.check_detect_token(request.headers.get("authorization"), "/v1/detect/batch")
         if _media_type(request.headers.get("content-type")) != "multipart/form-data":
             raise _unsupported(_media_type(request.headers.get("content-type")))
         form = await _form(request)

@@ -53,6 +53,19 @@ def _zeroed(counter: Counter, values: Iterable[str]) -> Counter:
     return counter
 
 
+def _outcomes(name: str, what: str, registry: CollectorRegistry) -> Counter:
+    """A counter of an asynchronous writer's items by outcome (``WRITE_OUTCOMES``)."""
+    return _zeroed(
+        Counter(
+            name,
+            f"{what} by outcome ({', '.join(WRITE_OUTCOMES)})",
+            ["outcome"],
+            registry=registry,
+        ),
+        WRITE_OUTCOMES,
+    )
+
+
 class ServeMetrics:
     """Every metric the server exports; one instance per app."""
 
@@ -92,15 +105,7 @@ class ServeMetrics:
             Counter("detops_rejections", "refused requests by reason", ["reason"], registry=r),
             REJECTION_REASONS,
         )
-        self.log_records = _zeroed(
-            Counter(
-                "detops_prediction_log_records",
-                f"prediction-log records by outcome ({', '.join(WRITE_OUTCOMES)})",
-                ["outcome"],
-                registry=r,
-            ),
-            WRITE_OUTCOMES,
-        )
+        self.log_records = _outcomes("detops_prediction_log_records", "prediction-log records", r)
         self.log_queue = Gauge(
             "detops_prediction_log_queue", "records waiting to be written", registry=r
         )
@@ -121,15 +126,7 @@ class ServeMetrics:
         self.automation_level = Gauge(
             "detops_automation_level", "1 for the automation level in force", ["level"], registry=r
         )
-        self.review_items = _zeroed(
-            Counter(
-                "detops_review_items",
-                f"requests queued for review by outcome ({', '.join(WRITE_OUTCOMES)})",
-                ["outcome"],
-                registry=r,
-            ),
-            WRITE_OUTCOMES,
-        )
+        self.review_items = _outcomes("detops_review_items", "requests queued for review", r)
         self.review_queue = Gauge(
             "detops_review_queue", "review items waiting to be written", registry=r
         )

@@ -116,8 +116,7 @@ async def infer(name: str, body: InferRequest, request: Request) -> Response:
     svc = _service(request)
     state = request.scope["state"]
     try:
-        if svc.settings.require_token_for_detect:
-            svc.check_token(request.headers.get("authorization"), "/v2 inference")
+        svc.check_detect_token(request.headers.get("authorization"), "/v2 inference")
         level = svc.automation.level
         if level not in RAW_INFERENCE_LEVELS:
             # raw tensors carry no image to review and no boxes to hold back

@@ -67,12 +67,33 @@ def write_batch(
         stop.wait(backoff_s)
 
 
+class WriteTally:
+    """``written`` and ``dropped`` counts of a background writer (the prediction log's and the
+    review queue's), mirrored by outcome (``WRITE_OUTCOMES``) in the counter that
+    ``_outcome_counter`` returns, if any."""
+
+    written: int = 0
+    dropped: int = 0
+
+    def _outcome_counter(self) -> Any:
+        return None
+
+    def _count(self, outcome: str, n: int) -> None:
+        if outcome == "written":
+            self.written += n
+        else:
+            self.dropped += n
+        counter = self._outcome_counter()
+        if counter is not None:
+            counter.labels(outcome).inc(n)
+
+
 _SAMPLE = "_sample_bytes"
 _COMPARISON = "_comparison"  # a shadow record's comparison with live -> shadow_comparisons
 PURGE_EVERY_S = 600.0
 
 
-class PredictionLog:
+class PredictionLog(WriteTally):
     """Bounded, batched, asynchronous sink of prediction records (see the module docstring)."""
 
     def __init__(
@@ -97,8 +118,6 @@ class PredictionLog:
         self._metrics = metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self.written = 0
-        self.dropped = 0
 
     def start(self) -> PredictionLog:
         self._thread.start()
@@ -122,13 +141,8 @@ class PredictionLog:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def _count(self, outcome: str, n: int) -> None:
-        if outcome == "written":
-            self.written += n
-        else:
-            self.dropped += n
-        if self._metrics is not None:
-            self._metrics.log_records.labels(outcome).inc(n)
+    def _outcome_counter(self) -> Any:
+        return None if self._metrics is None else self._metrics.log_records
 
     def _run(self) -> None:
         next_purge = time.monotonic()

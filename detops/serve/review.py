@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, select, update
 
 from detops.errors import InvalidFeedback, ReviewClosed, ReviewError, ReviewItemNotFound
-from detops.serve.predlog import take_batch, write_batch
+from detops.serve.predlog import WriteTally, take_batch, write_batch
 from detops.store.artifacts import sha256_bytes
 from detops.store.db import aware, utcnow
 from detops.store.schema import review_feedback, review_items
@@ -65,21 +65,6 @@ def unwrap(blob: bytes) -> bytes:
 
 
 # -- comparing and checking boxes ---------------------------------------------------------------
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``xyxy`` boxes.
-
-    >>> iou([0, 0, 10, 10], [5, 0, 15, 10])
-    0.3333333333333333
-    """
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def boxes_changed(model: Sequence[dict[str, Any]], reviewed: Sequence[dict[str, Any]]) -> bool:
     """True unless every reviewed box pairs one-to-one with a model box of the same class at
     IoU >= ``UNCHANGED_IOU`` (greedy by IoU; at that threshold pairings are unambiguous).
@@ -92,12 +77,20 @@ def boxes_changed(model: Sequence[dict[str, Any]], reviewed: Sequence[dict[str, 
     """
     if len(model) != len(reviewed):
         return True
+    import numpy as np
+
+    from detops.data._agreement import iou_grid  # not at import: keeps it off server start-up
+
+    grid = iou_grid(
+        np.asarray([m["box"] for m in model], dtype=float).reshape(-1, 4),
+        np.asarray([r["box"] for r in reviewed], dtype=float).reshape(-1, 4),
+    )
     free = list(range(len(model)))
-    for r in reviewed:
+    for i, r in enumerate(reviewed):
         best, best_iou = -1, UNCHANGED_IOU
         for j in free:
             if model[j]["label"] == r["label"]:
-                v = iou(model[j]["box"], r["box"])
+                v = float(grid[j, i])
                 if v >= best_iou:
                     best, best_iou = j, v
         if best < 0:
@@ -153,7 +146,7 @@ def check_boxes(
 
 
 # -- the asynchronous writer --------------------------------------------------------------------
-class _Sink:
+class _Sink(WriteTally):
     """Bounded (items and bytes) queue drained by one thread that calls ``writer`` in batches."""
 
     def __init__(
@@ -182,8 +175,6 @@ class _Sink:
         self._metrics = metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="review-queue", daemon=True)
-        self.written = 0
-        self.dropped = 0
 
     def offer(self, item: dict[str, Any], image: bytes) -> bool:
         with self._lock:
@@ -198,13 +189,8 @@ class _Sink:
             self._bytes += len(image)
         return True
 
-    def _count(self, outcome: str, n: int) -> None:
-        if outcome == "written":
-            self.written += n
-        else:
-            self.dropped += n
-        if self._metrics is not None:
-            self._metrics.review_items.labels(outcome).inc(n)
+    def _outcome_counter(self) -> Any:
+        return None if self._metrics is None else self._metrics.review_items
 
     def _run(self) -> None:
         next_housekeeping = time.monotonic()

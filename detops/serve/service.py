@@ -9,7 +9,6 @@ the problem.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hmac
 import os
 import time
@@ -38,6 +37,7 @@ from detops.serve.models import ModelHost, NotReady
 from detops.serve.predlog import PredictionLog
 from detops.serve.review import ReviewQueue
 from detops.serve.routing import Route, Router
+from detops.store.db import utcnow
 
 MEDIA_TYPES = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/bmp": "bmp"}
 MEDIA_ALIASES = {
@@ -204,6 +204,12 @@ class Service:
             self.metrics.reject(p.code)
             raise
 
+    def check_detect_token(self, authorization: str | None, what: str) -> None:
+        """``check_token`` where ``serve.require_token_for_detect`` is set (the detection
+        endpoints, whose callers count the refusal with their other rejections)."""
+        if self.settings.require_token_for_detect:
+            self.check_token(authorization, what)
+
     # -- detection -----------------------------------------------------------------------------
 
     async def detect(
@@ -337,7 +343,7 @@ class Service:
             item = {
                 "id": review_id,
                 "request_id": request_id[:64],
-                "at": dt.datetime.now(dt.UTC),
+                "at": utcnow(),
                 "model_name": lm.name,
                 "model_version": lm.version,
                 "level": verdict.level,
@@ -389,7 +395,7 @@ class Service:
         assert self.log is not None
         rec: dict[str, Any] = {
             "request_id": request_id[:64],
-            "at": dt.datetime.now(dt.UTC),
+            "at": utcnow(),
             "model_name": route.model.name if route else None,
             "model_version": route.model.version if route else None,
             "route": route.reason if route else None,
