@@ -64,6 +64,15 @@ def test_forward_shapes(nc: int, size: int, batch: int) -> None:
     assert (dets[..., 4][:, :-1] >= dets[..., 4][:, 1:]).all()  # sorted by score
 
 
+def test_patch_stem_keeps_stride_4_and_exports() -> None:
+    model = Detector(DetectorConfig(num_classes=2, stem_patch=True, **TINY)).eval()
+    heat, ltrb = model(torch.zeros(1, 3, 64, 96))
+    assert tuple(heat.shape) == (1, 2, 16, 24) and tuple(ltrb.shape) == (1, 4, 16, 24)
+    assert isinstance(model.stem[0], torch.nn.Conv2d) and model.stem[0].stride == (4, 4)
+    again = DetectorConfig.from_dict(model.config.to_dict())
+    assert again.stem_patch and DetectorConfig.from_dict({"num_classes": 2}).stem_patch is False
+
+
 def test_heat_bias_starts_at_focal_prior() -> None:
     model = Detector(DetectorConfig(num_classes=2, **TINY)).eval()
     heat, _ = model(torch.zeros(1, 3, 64, 64))
@@ -135,11 +144,14 @@ def _losses(history) -> list[float]:
     return [m.loss for m in history]
 
 
-def test_training_decreases_loss_and_writes_checkpoints(tiny_data, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("replicas", "amp"), [(1, "fp32"), (1, "auto"), (2, "auto")])
+def test_training_decreases_loss_and_writes_checkpoints(
+    tiny_data, tmp_path: Path, replicas: int, amp: str
+) -> None:
     train_ds, val_ds = tiny_data
     calls = []
-    r = train(train_ds, val_ds, tiny_config(epochs=8, lr=1e-2), out_dir=tmp_path,
-              progress=lambda *a: calls.append(a))
+    r = train(train_ds, val_ds, tiny_config(epochs=8, lr=1e-2, replicas=replicas, amp=amp),
+              out_dir=tmp_path, progress=lambda *a: calls.append(a))
     losses = _losses(r.epochs)
     assert losses[-1] < losses[0] * 0.9, losses  # 16 steps of a tiny model
     assert len(calls) == 8 * 2 and calls[-1][:3] == (7, 2, 2)  # (epoch, step, total_steps)
@@ -149,6 +161,63 @@ def test_training_decreases_loss_and_writes_checkpoints(tiny_data, tmp_path: Pat
     model, state = load_checkpoint(r.best_path)
     assert state["epoch"] == r.best_epoch and state["class_names"] == ["circle", "square"]
     assert model.config.num_classes == 2
+    # the checkpoint's weights are fp32 (whatever ran forward and backward), the exported
+    # ones are the moving average, and the raw training weights are kept for --resume
+    last = torch.load(r.last_path, weights_only=False)
+    assert all(v.dtype == torch.float32 for v in last["model"].values() if v.is_floating_point())
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+
+
+def test_mean_grads_and_buffers_of_replicas() -> None:
+    from detops.model.train import _mean_buffers, _mean_grads
+
+    torch.manual_seed(0)
+    master = Detector(DetectorConfig(num_classes=2, **TINY))
+    reps = [Detector(DetectorConfig(num_classes=2, **TINY)).to(torch.bfloat16) for _ in range(2)]
+    for r in reps:
+        for p in r.parameters():
+            p.grad = torch.randn_like(p)
+        for b in r.buffers():
+            if b.is_floating_point():
+                b.copy_(torch.rand_like(b))
+    _mean_grads(master, reps)
+    _mean_buffers(master, reps)
+    for p, a, b in zip(master.parameters(), reps[0].parameters(), reps[1].parameters(),
+                       strict=True):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, (a.grad.float() + b.grad.float()) / 2)
+    for m, a, b in zip(master.buffers(), reps[0].buffers(), reps[1].buffers(), strict=True):
+        if m.is_floating_point():
+            torch.testing.assert_close(m, (a.float() + b.float()) / 2)
+
+
+def test_ema_follows_the_weights_with_its_decay() -> None:
+    from detops.model.train import _Ema
+
+    torch.manual_seed(0)
+    model = Detector(DetectorConfig(num_classes=2, **TINY))
+    ema = _Ema(model, decay=0.9, ramp=2.0)
+    start = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, [model])
+    d = 0.9 * (1 - math.exp(-1 / 2.0))
+    for e, s0, p in zip(ema.model.parameters(), start, model.parameters(), strict=True):
+        torch.testing.assert_close(e, d * s0 + (1 - d) * p)
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [({"replicas": 3, "batch": 8}, "does not split into 3 replicas"),
+     ({"ema": 1.0}, "0 <= ema < 1"), ({"ema_ramp": 0}, "ema_ramp > 0")],
+)
+def test_bad_parallel_and_ema_settings_are_refused(tiny_data, tmp_path: Path, kw, needle):
+    from detops.errors import ConfigError
+
+    train_ds, val_ds = tiny_data
+    with pytest.raises(ConfigError, match=needle):
+        train(train_ds, val_ds, tiny_config(**kw), out_dir=tmp_path)
 
 
 def test_same_seed_same_losses_and_weights(tiny_data, tmp_path: Path) -> None:
@@ -231,6 +300,28 @@ def test_augment_moves_boxes_with_pixels(
         seen = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
         assert len(boxes[i]) == 1
         assert (boxes[i][0] - seen).abs().max().item() <= tol, (boxes[i][0], seen)
+
+
+def test_an_epoch_the_budget_makes_the_last_is_evaluated(
+    tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that moves only when a step ends: eight epochs of 10 s, then one of 11 s. With a
+    # 105 s budget the plan is 10 epochs until the slower ninth shows that a tenth cannot fit;
+    # that ninth epoch is then the last and must be evaluated, though eval_every would skip it.
+    import types
+
+    import detops.model.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+
+    def step_ends(epoch: int, *_: object) -> None:
+        now[0] += 5.0 if epoch < 8 else 5.5  # two steps an epoch
+
+    r = train(*tiny_data, tiny_config(epochs=50, eval_every=100, time_budget_s=105),
+              out_dir=tmp_path, progress=step_ends)
+    assert r.stopped == "time_budget" and len(r.epochs) == 9
+    assert [m.ap is not None for m in r.epochs] == [False] * 8 + [True]
 
 
 def test_time_budget_stops_training(tiny_data, tmp_path: Path) -> None:
