@@ -1,9 +1,12 @@
 """Train the default detector on the default synthetic scenes and check the issue's targets.
 
-    python bench/train_bench.py [--n 2000] [--budget 600] [--out /tmp/detops-train-bench]
+    python bench/train_bench.py [--n 4000] [--budget 600] [--out /tmp/detops-train-bench]
 
-Synthesises ``--n`` scenes (seed 0), splits them by content hash with
-``detops.data.versions.split_for`` (train 85 % / val 15 %, test folded into val), trains within
+Synthesises ``--n`` scenes (seed 0; synthetic data costs nothing against the training budget,
+and in 10 minutes 4,000 scenes seen 7 times beat 2,000 seen 14 times: val mAP@0.5 0.875 /
+mAP 0.685 on its 593 validation scenes against 0.861 / 0.672 on 295), splits them by content
+hash with ``detops.data.versions.split_for`` (train 85 % / val 15 %, test folded into val),
+trains within
 the time budget, evaluates the best checkpoint on val with the COCO engine, exports ONNX, checks
 parity, measures ONNX Runtime latency per 320x320 image (batch 1 and batch 8; intra-op threads
 2, no spinning) and prints: metric, value, target, pass.
@@ -27,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--budget", type=float, default=600.0)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--out", default="/tmp/detops-train-bench")
