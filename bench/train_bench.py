@@ -6,10 +6,9 @@ Synthesises ``--n`` scenes (seed 0; synthetic data costs nothing against the tra
 and in 10 minutes 4,000 scenes seen 7 times beat 2,000 seen 14 times: val mAP@0.5 0.875 /
 mAP 0.685 on its 593 validation scenes against 0.861 / 0.672 on 295), splits them by content
 hash with ``detops.data.versions.split_for`` (train 85 % / val 15 %, test folded into val),
-trains within
-the time budget, evaluates the best checkpoint on val with the COCO engine, exports ONNX, checks
-parity, measures ONNX Runtime latency per 320x320 image (batch 1 and batch 8; intra-op threads
-2, no spinning) and prints: metric, value, target, pass.
+trains within the time budget, evaluates the best checkpoint on val with the COCO engine,
+exports ONNX, checks parity, measures ONNX Runtime latency per 320x320 image (batch 1 and
+batch 8; intra-op threads 2, no spinning) and prints: metric, value, target, pass.
 """
 
 from __future__ import annotations
