@@ -120,11 +120,13 @@ def batch_rate(rt, jpegs: list[bytes], seconds: float) -> float:
 
 
 class ServerProcess:
-    def __init__(self, ws: Path, model: str, *, policy: str, spinning: bool, log: Path) -> None:
+    def __init__(self, ws: Path, model: str, *, policy: str, spinning: bool, log: Path,
+                 lanes: int = 0) -> None:  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = clean_env()
         env["DETOPS_SERVE_ALLOW_SPINNING"] = "true" if spinning else "false"
+        env["DETOPS_SERVE_LANES"] = str(lanes)  # 0: auto
         self._log = open(log, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "detops", "serve", "-w", str(ws), "--model", model,
@@ -277,8 +279,8 @@ def main() -> None:
     def base_noop() -> float:
         return p50_latency_ms(lambda: noop_rt.predict_bytes([jpeg]), dur / 2)
 
-    def run(model: str, policy: str, spinning: bool, conns: int, seconds: float):
-        srv = ServerProcess(root, model, policy=policy, spinning=spinning, log=log)
+    def run(model: str, policy: str, spinning: bool, conns: int, seconds: float, lanes: int = 0):
+        srv = ServerProcess(root, model, policy=policy, spinning=spinning, log=log, lanes=lanes)
         try:
             wrk(srv.url, lua, image, conns=conns, seconds=2)  # warm the connection path
             cpu0, n0 = srv.cpu_s(), srv.metric("detops_decode_seconds_count")
@@ -318,24 +320,27 @@ def main() -> None:
                  f"{c1.p50_ms / b1:.2f}x",
                  _verdict(c1.p50_ms / b1 <= 1.10, "<= 1.10x")))  # fmt: skip
 
-    def c8(policy: str) -> tuple[Load, dict, float]:
+    def c8(policy: str, lanes: int = 0) -> tuple[Load, dict, float]:
         b = base_b8()
-        res, model, _ = run("det@production", policy, use_spin, 8, dur)
+        res, model, _ = run("det@production", policy, use_spin, 8, dur, lanes)
         b = max(b, base_b8())
-        print(f"c=8 {policy}: {res.rps:.1f} req/s (in-process batch 8: {b:.1f} img/s), "
-              f"policy {model['batch_policy']}", flush=True)  # fmt: skip
+        print(f"c=8 {policy}{' one lane' if lanes == 1 else ''}: {res.rps:.1f} req/s "
+              f"(in-process batch 8: {b:.1f} img/s), policy {model['batch_policy']}, "
+              f"{model['lanes']} lane(s)", flush=True)  # fmt: skip
         return res, model, b
 
     best: dict[str, tuple[Load, dict, float]] = {}
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits every policy
-        for policy in ("auto", "off", "wait"):
-            got = c8(policy)
+        for policy in ("auto", "off", "wait", "one lane"):
+            got = c8("auto", lanes=1) if policy == "one lane" else c8(policy)
             if policy not in best or got[0].rps > best[policy][0].rps:
                 best[policy] = got
     c8_auto, model_auto, b8 = best["auto"]
     c8_off = best["off"][0]
     c8_wait = best["wait"][0]
-    policy = f"{model_auto['batch_policy']} (gain {model_auto['batch_gain']})"
+    c8_one = best["one lane"][0]
+    policy = (f"batching {model_auto['batch_policy']} (gain {model_auto['batch_gain']}), "
+              f"{model_auto['lanes']} lane(s) (gain {model_auto['lane_gain']})")  # fmt: skip
     rows.append(("c=8 throughput, batching auto", f"{c8_auto.rps:.1f} req/s",
                  f"{b8:.1f} img/s (in-process batch 8)", f"{c8_auto.rps / b8:.2f}x",
                  _verdict(c8_auto.rps >= b8, ">= 1.00x")))  # fmt: skip
@@ -352,6 +357,8 @@ def main() -> None:
             "",
         )
     )
+    rows.append(("c=8 auto with one lane (info)", f"{c8_one.rps:.1f} req/s",
+                 f"{c8_auto.rps:.1f} req/s (auto)", f"{c8_one.rps / c8_auto.rps:.2f}x", ""))
     rows.append(("c=8 p50 / p99 latency (auto)", f"{c8_auto.p50_ms:.1f} / {c8_auto.p99_ms:.1f} ms",
                  "", "", ""))  # fmt: skip
 
@@ -392,7 +399,7 @@ def main() -> None:
     rows.append(("ORT spinning", "on" if use_spin else "off",
                  f"off: p50 {off[0].p50_ms:.2f} ms, {off[1]:.2f} CPU-ms/req; "
                  f"on: p50 {on[0].p50_ms:.2f} ms, {on[1]:.2f} CPU-ms/req", "", ""))  # fmt: skip
-    errors = sum(x.errors for x in (c1, c8_auto, c8_off, c8_wait, noop))
+    errors = sum(x.errors for x in (c1, c8_auto, c8_off, c8_wait, c8_one, noop))
     rows.append(("non-2xx / socket errors (all runs)", str(errors), "", "",
                  _verdict(errors == 0, "0")))  # fmt: skip
 

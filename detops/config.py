@@ -91,6 +91,12 @@ class ServeSettings(_Section):
         "greedy: batch only what is already queued; off: one image per run",
     )
     max_queue: int = Field(64, ge=1, description="queued requests per model before 503")
+    lanes: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime runs per model version at once; 0 = one per core when "
+        "measured faster at warm-up than one run on every core, else 1",
+    )
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
     allow_spinning: bool = False
@@ -175,10 +181,11 @@ serve:
   # Dynamic batching per model version.
   max_batch_size: 8
   max_queue_delay_ms: 2.0
-  # auto measures batch-1 vs batch-N cost at warm-up and waits for more requests only when
-  # batching pays (GPU); on CPUs where a batch of 8 costs 8 images it does not wait.
+  # auto measures batch-1 vs batch-N cost at warm-up and batches only when that pays (GPU);
+  # on CPUs, where a batch of 8 costs 8 images, it turns batching off.
   batch_policy: auto     # auto | wait | greedy | off
   max_queue: 64          # queued requests before 503 + Retry-After
+  lanes: 0               # runs at once per model version; 0 = one per core if measured faster
   timeout_ms: 10000      # per-request deadline
   intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core
   allow_spinning: false  # spinning threads burn CPU the server needs

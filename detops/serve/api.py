@@ -236,6 +236,8 @@ def model_statuses(svc: Service) -> list[dict[str, Any]]:
             "batch_policy": lm.policy,
             "batch_gain": None if lm.gain is None else round(lm.gain, 3),
             "max_batch_size": lm.batcher.max_batch_size,
+            "lanes": lm.batcher.lanes,
+            "lane_gain": None if lm.lane_gain is None else round(lm.lane_gain, 3),
             "follows": host.follow if host else None,
         }
     ]

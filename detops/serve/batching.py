@@ -22,10 +22,16 @@ that shares the cores, and one request's result waits for the whole batch. So ``
 only where the gain is large enough to pay for that (an accelerator, a model with a high fixed
 cost per call) and otherwise turns batching off, which is then batching's best case here.
 
-A request that finds the model idle and nothing queued runs at once in the thread that decoded
-it (:meth:`Batcher.try_direct`), under the same lock the inference thread holds, so there is
-still one ONNX Runtime run at a time per version; this saves two thread hand-offs per request
-at low load. Under ``wait`` it does so only when no other request is being decoded.
+A request that finds a lane free and nothing queued runs at once in the thread that decoded it
+(:meth:`Batcher.try_direct`); this saves two thread hand-offs per request at low load. Under
+``wait`` it does so only when no other request is being decoded.
+
+Lanes (``serve.lanes``): how many ONNX Runtime runs of this version may be in progress at once,
+each queue-draining lane with its own thread. A run that starts while no other runs uses the
+runtime's full session (all intra-op threads: the lowest latency for a lone request); a run
+that starts beside another uses a one-thread session (:meth:`Runtime.infer_narrow`). On small
+CPU models two one-thread runs side by side do more work than one run on two threads, whose
+kernels are too small to split well (:func:`measure_lane_gain` decides under ``auto``).
 
 A full queue raises :class:`~detops.errors.Overloaded` (HTTP 503 + Retry-After); a job whose
 deadline passed while queued is dropped before inference.
@@ -48,6 +54,7 @@ from detops.errors import DeadlineExceeded, ModelError, Overloaded
 POLICIES = ("wait", "greedy", "off")
 WAIT_GAIN = 1.5
 GREEDY_GAIN = 1.25
+LANE_GAIN = 1.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,54 @@ def measure_batch_gain(
     return (t1 * n) / tn if tn > 0 else 1.0
 
 
+def measure_lane_gain(
+    wide: Callable[[np.ndarray], object],
+    narrow: Callable[[np.ndarray], object],
+    sample: np.ndarray,
+    lanes: int,
+    runs: int = 6,
+    repeats: int = 3,
+) -> float:
+    """Images per second of ``lanes`` threads running ``narrow`` side by side over one thread
+    running ``wide``, on batches of one; best of ``repeats`` each, interleaved."""
+    if lanes <= 1:
+        return 1.0
+    one = sample[:1]
+    narrow(one)
+
+    def sequential() -> float:
+        t = time.perf_counter()
+        for _ in range(runs):
+            wide(one)
+        return time.perf_counter() - t
+
+    def side_by_side() -> float:
+        start = threading.Barrier(lanes + 1)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(runs):
+                narrow(one)
+
+        threads = [threading.Thread(target=work) for _ in range(lanes)]
+        for th in threads:
+            th.start()
+        start.wait()
+        t = time.perf_counter()
+        for th in threads:
+            th.join()
+        return (time.perf_counter() - t) / lanes  # per ``runs`` images, as sequential()
+
+    pairs = [(sequential(), side_by_side()) for _ in range(repeats)]
+    t_wide, t_lanes = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    return t_wide / t_lanes if t_lanes > 0 else 1.0
+
+
+def choose_lanes(gain: float, lanes: int) -> int:
+    """``lanes`` when running them side by side gains at least LANE_GAIN, else 1."""
+    return lanes if lanes > 1 and gain >= LANE_GAIN else 1
+
+
 def choose_policy(gain: float) -> str:
     if gain >= WAIT_GAIN:
         return "wait"
@@ -125,6 +180,8 @@ class Batcher:
         static_batch: int | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        lanes: int = 1,
+        infer_narrow: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"batch policy {policy!r}: expected one of {', '.join(POLICIES)}")
@@ -140,16 +197,26 @@ class Batcher:
         self._on_depth = on_depth or (lambda n: None)
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._run_lock = threading.Lock()  # one ONNX Runtime run at a time
+        if lanes > 1 and infer_narrow is None:
+            raise ValueError("lanes > 1 needs infer_narrow (a one-thread runner)")
+        self.lanes = max(1, lanes)
+        self._infer_narrow = infer_narrow
+        self._lane_slots = threading.BoundedSemaphore(self.lanes)  # runs in progress
+        self._running = 0  # guarded by _running_lock
+        self._running_lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(self.lanes)
+        ]
         self.batches = 0
         self._announced = 0  # requests being decoded for this batcher (event-loop thread only)
 
     # -- the event-loop side -----------------------------------------------------------------
 
     def start(self) -> Batcher:
-        self._thread.start()
+        for th in self._threads:
+            th.start()
         return self
 
     @property
@@ -195,25 +262,39 @@ class Batcher:
             return None
         if tensor.shape[0] > self.max_batch_size and self.static_batch:
             return None
-        if not self._run_lock.acquire(blocking=False):
+        if not self._lane_slots.acquire(blocking=False):
             return None
         try:
             t0 = time.perf_counter()
-            outputs = self._infer_padded(tensor)
+            outputs = self._infer_lane(tensor)
             infer_s = time.perf_counter() - t0
         finally:
-            self._run_lock.release()
+            self._lane_slots.release()
         self.batches += 1
         self._on_batch(int(tensor.shape[0]))
         return BatchResult(outputs, 0.0, infer_s, int(tensor.shape[0]))
 
-    def _infer_padded(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer_lane(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run ``batch`` (the caller holds a lane): the full session when no other run is in
+        progress, the one-thread session beside another run."""
+        with self._running_lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            return self._infer_padded(batch, self._infer if alone else self._infer_narrow)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _infer_padded(
+        self, batch: np.ndarray, infer: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None
+    ) -> dict[str, np.ndarray]:
         rows = int(batch.shape[0])
         if self.static_batch and rows < self.static_batch:
             # a graph exported with a fixed batch: fill with blank rows
             fill = np.zeros((self.static_batch - rows, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, fill])
-        outputs = self._infer(batch)
+        outputs = (infer or self._infer)(batch)
         return {
             k: (v[:rows] if v.ndim and v.shape[0] == batch.shape[0] else v)
             for k, v in outputs.items()
@@ -224,17 +305,17 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        for th in self._threads:
+            if th.is_alive() and threading.current_thread() is not th:
+                th.join(timeout)
 
     # -- the inference thread ------------------------------------------------------------------
 
-    def _take(self) -> list[_Job] | None:
+    def _take(self) -> list[_Job]:
+        """The next batch of queued jobs (empty if another lane took them first)."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
+            if not self._queue:
+                return []
             first = self._queue.popleft()
             jobs = [first]
             if first.solo or self.policy == "off":
@@ -267,12 +348,12 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue:
                     return
-            # take jobs only once the model is free: while a direct run holds it, jobs stay
+            # take jobs only once a lane is free: while direct runs hold them, jobs stay
             # queued (visible in the depth, counted against max_queue) and batch together
-            with self._run_lock:
+            with self._lane_slots:
                 jobs = self._take()
-                if jobs is None:
-                    return
+                if not jobs:  # another lane took them: wait for more without holding a lane
+                    continue
                 self._on_depth(len(self._queue))
                 now = time.monotonic()
                 live = []
@@ -295,7 +376,7 @@ class Batcher:
         outputs: Mapping[str, np.ndarray] = {}
         t0 = time.perf_counter()
         try:
-            outputs = self._infer_padded(batch)
+            outputs = self._infer_lane(batch)
         except Exception as e:  # one bad batch must not stop the thread
             error = e if isinstance(e, ModelError) else ModelError(f"{self.name}: {e}")
         infer_s = time.perf_counter() - t0

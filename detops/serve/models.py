@@ -17,6 +17,7 @@ blue-green switch or a promotion never waits for a load.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,13 @@ import numpy as np
 
 from detops.config import ServeSettings
 from detops.errors import NotReady
-from detops.serve.batching import Batcher, choose_policy, measure_batch_gain
+from detops.serve.batching import (
+    Batcher,
+    choose_lanes,
+    choose_policy,
+    measure_batch_gain,
+    measure_lane_gain,
+)
 
 log = logging.getLogger("detops.serve")
 
@@ -42,6 +49,7 @@ class LoadedModel:
     batcher: Batcher
     policy: str
     gain: float | None
+    lane_gain: float | None = None
     loaded_at: float = field(default_factory=time.time)
     users: int = 0
     retired: bool = False
@@ -75,23 +83,43 @@ def open_model(
         max_image_pixels=settings.max_pixels,
         name=mv.ref,
     )
-    return start_model(mv.name, mv.version, rt, settings, metrics)
+    return start_model(mv.name, mv.version, rt, settings, metrics,
+                       lanes=1 if threads == 1 else None)
 
 
 def start_model(
-    name: str, version: int, rt: Any, settings: ServeSettings, metrics: Any = None
+    name: str,
+    version: int,
+    rt: Any,
+    settings: ServeSettings,
+    metrics: Any = None,
+    *,
+    lanes: int | None = None,
 ) -> LoadedModel:
-    """Warm ``rt``, choose its batching policy and start its batcher."""
+    """Warm ``rt``, choose its batching policy and lanes, and start its batcher.
+
+    ``lanes`` overrides ``settings.lanes`` (a shadow copy runs on one).
+    """
     rt.warmup(2)
     n = settings.max_batch_size
     if rt.max_batch is not None:
         n = min(n, rt.max_batch)
     policy: str = settings.batch_policy
     gain: float | None = None
+    sample = rt.preprocess(
+        [np.full((rt.spec.input_height, rt.spec.input_width, 3), 114, np.uint8)]
+    )[0]
+    n_lanes = settings.lanes if lanes is None else lanes
+    lane_gain: float | None = None
+    narrow = getattr(rt, "infer_narrow", None)
+    if narrow is None:
+        n_lanes = 1
+    elif n_lanes == 0:
+        cores = os.cpu_count() or 1
+        if cores > 1:
+            lane_gain = measure_lane_gain(rt.infer, narrow, sample, cores)
+        n_lanes = choose_lanes(lane_gain or 1.0, cores)
     if policy == "auto":
-        sample = rt.preprocess(
-            [np.full((rt.spec.input_height, rt.spec.input_width, 3), 114, np.uint8)]
-        )[0]
         if rt.max_batch is None and n > 1:
             gain = measure_batch_gain(rt.infer, sample, n)
             policy = choose_policy(gain)
@@ -108,9 +136,12 @@ def start_model(
         static_batch=rt.max_batch,
         on_batch=metrics.batch_size.observe if metrics else None,
         on_depth=metrics.queue_depth.labels(ref).set if metrics else None,
+        lanes=n_lanes,
+        infer_narrow=narrow,
     ).start()
-    log.info("loaded %s: batch policy %s (measured gain %s)", ref, policy, gain)
-    return LoadedModel(name, version, rt, batcher, policy, gain)
+    log.info("loaded %s: batch policy %s (measured gain %s), %d lane(s) (measured gain %s)",
+             ref, policy, gain, n_lanes, lane_gain)
+    return LoadedModel(name, version, rt, batcher, policy, gain, lane_gain)
 
 
 class ModelHost:

@@ -95,6 +95,7 @@ async def metadata(name: str, request: Request) -> dict[str, Any]:
             "batch_policy": lm.policy,
             "batch_gain": lm.gain,
             "max_batch_size": lm.batcher.max_batch_size,
+            "lanes": lm.batcher.lanes,
             "class_names": lm.runtime.spec.class_names,
         },
     }

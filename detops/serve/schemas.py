@@ -100,6 +100,10 @@ class ModelStatus(_Schema):
         None, description="per-image speed-up of batch max_batch_size over batch 1, measured"
     )
     max_batch_size: int
+    lanes: int = Field(1, description="ONNX Runtime runs of this version at once")
+    lane_gain: float | None = Field(
+        None, description="speed-up of one run per core side by side over one run on all cores"
+    )
     follows: str | None = Field(None, description="the alias this server follows")
 
 

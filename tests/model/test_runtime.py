@@ -309,6 +309,18 @@ def test_from_files_and_session_options(tmp_path, graphs: Any) -> None:
     assert "m.onnx" in repr(rt)
 
 
+def test_infer_narrow_is_a_one_thread_session_with_the_same_outputs(graphs: Any) -> None:
+    rt = Runtime(graphs.make_mean_box_model(width=64, height=48), spec(input_width=64,
+                 input_height=48), intra_op_threads=2, allow_spinning=True)
+    x = np.random.default_rng(0).random((3, 3, 48, 64), dtype=np.float32)
+    wide, narrow = rt.infer(x), rt.infer_narrow(x)
+    np.testing.assert_array_equal(wide["detections"], narrow["detections"])
+    opts = rt._narrow.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert rt.infer_narrow(x[:1])["detections"].shape == (1, 1, 6)  # made once, reused
+
+
 def test_importing_detops_model_loads_neither_onnxruntime_nor_torch() -> None:
     code = (
         "import sys, detops.model as m; assert 'onnxruntime' not in sys.modules; "

@@ -81,7 +81,9 @@ def make_ws(tmp_path: Path) -> Iterator[Callable[..., Workspace]]:
             register_model(w, "det", onnx or mean_box_onnx(), spec())
             set_alias(w, "det@v1", "production")
             w.close()
-        ws = Workspace(root, flags={"serve.batch_policy": "greedy", **(flags or {})})
+        # fixed choices (auto measures the machine): tests that need others say so
+        ws = Workspace(root, flags={"serve.batch_policy": "greedy", "serve.lanes": 1,
+                                    **(flags or {})})
         opened.append(ws)
         return ws
 

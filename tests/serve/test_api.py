@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
@@ -114,6 +115,30 @@ def test_health_ready_and_models(server):
     assert server.client.get("/readyz").json() == {"ready": True, "model": "det@v1"}
     [m] = server.client.get("/v1/models").json()
     assert (m["ref"], m["follows"], m["batch_policy"]) == ("det@v1", "det@production", "greedy")
+    assert (m["lanes"], m["lane_gain"]) == (1, None)  # fixed by the test's settings
+
+
+@pytest.mark.parametrize("policy", ["off", "greedy"])
+def test_two_lanes_answer_concurrent_requests_each_with_its_own_result(running_server, policy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = running_server({"serve.lanes": 2, "serve.batch_policy": policy})
+    [m] = server.client.get("/v1/models").json()
+    assert m["lanes"] == 2
+    images = [image_bytes(64, 48, "PNG", value=v) for v in range(20, 240, 11)]
+    headers = {"content-type": "image/png"}
+
+    def box(data: bytes) -> list[float]:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            r = c.post("/v1/detect", content=data, headers=headers)
+            assert r.status_code == 200, r.text
+            return r.json()["detections"][0]["box"]
+
+    alone = [box(d) for d in images]
+    assert len({tuple(b) for b in alone}) == len(images)  # every image its own box
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            assert list(pool.map(box, images)) == alone
 
 
 def test_readyz_is_503_until_a_model_is_loaded(running_server, make_ws):

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from detops.errors import DeadlineExceeded, ModelError, Overloaded
-from detops.serve.batching import Batcher, choose_policy, measure_batch_gain
+from detops.serve.batching import (
+    Batcher,
+    choose_lanes,
+    choose_policy,
+    measure_batch_gain,
+    measure_lane_gain,
+)
 
 
 def rowsum(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -185,3 +191,115 @@ def test_an_idle_model_runs_a_request_directly_and_a_busy_one_queues_it():
     assert waiting.try_direct(x) is None  # another request is on its way: batch with it
     waiting.unannounce()
     assert waiting.try_direct(x) is not None  # alone: never waits
+
+
+# -- lanes ------------------------------------------------------------------------------------
+
+
+def test_a_lone_run_takes_the_full_session_and_a_second_one_the_narrow_one_beside_it():
+    inside = threading.Event()
+    release = threading.Event()
+    used: list[str] = []
+
+    def wide(batch):
+        used.append("wide")
+        inside.set()
+        release.wait(10)
+        return rowsum(batch)
+
+    def narrow(batch):
+        used.append("narrow")
+        return rowsum(batch)
+
+    b = Batcher(wide, name="m", policy="off", lanes=2, infer_narrow=narrow).start()
+    x = np.ones((1, 2, 2), np.float32)
+    first: list = []
+    t = threading.Thread(target=lambda: first.append(b.try_direct(x)))
+    t.start()
+    assert inside.wait(5)
+    second = b.try_direct(x)  # the other lane, beside the running one: the one-thread session
+    assert second is not None and used == ["wide", "narrow"]
+    release.set()
+    t.join(5)
+    assert first[0] is not None and float(first[0].outputs["sum"][0]) == 4.0
+    assert b.try_direct(x) is not None and used[-1] == "wide"  # alone again
+    b.close()
+
+
+def test_with_every_lane_busy_a_request_is_queued_not_run():
+    release = threading.Event()
+    running = threading.Semaphore(0)
+
+    def held(batch):
+        running.release()
+        release.wait(10)
+        return rowsum(batch)
+
+    b = Batcher(held, name="m", policy="off", lanes=2, infer_narrow=held).start()
+    x = np.ones((1, 2, 2), np.float32)
+    threads = [threading.Thread(target=b.try_direct, args=(x,)) for _ in range(2)]
+    for th in threads:
+        th.start()
+    assert running.acquire(timeout=5) and running.acquire(timeout=5)
+    assert b.try_direct(x) is None  # both lanes taken
+    release.set()
+    for th in threads:
+        th.join(5)
+    b.close()
+
+
+def test_two_lanes_drain_the_queue_side_by_side_and_keep_each_jobs_rows():
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+    ev = threading.Event()
+
+    def model(batch):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        ev.wait(0.02)  # sleeps without the GIL, as onnxruntime runs
+        with lock:
+            now[0] -= 1
+        return rowsum(batch)
+
+    b = Batcher(model, name="m", policy="off", lanes=2, infer_narrow=model).start()
+
+    async def main():
+        futs = [b.submit(np.full((1, 2, 2), i, np.float32), timeout_s=5) for i in range(12)]
+        return await asyncio.gather(*futs)
+
+    results = run(main())
+    b.close()
+    assert [float(r.outputs["sum"][0]) for r in results] == [4.0 * i for i in range(12)]
+    assert peak[0] == 2  # two runs at once, never more
+
+
+def test_lanes_need_a_narrow_runner():
+    with pytest.raises(ValueError, match="infer_narrow"):
+        Batcher(rowsum, name="m", lanes=2)
+
+
+def test_measure_lane_gain_sees_runs_that_overlap():
+    # each run holds no GIL for 2 ms (as onnxruntime does): side by side, two lanes do twice
+    # the work of one; a runner that serialises (a lock) gains nothing
+    ev = threading.Event()
+    lock = threading.Lock()
+
+    def free(batch):
+        ev.wait(0.002)
+
+    def serial(batch):
+        with lock:
+            ev.wait(0.002)
+
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    assert measure_lane_gain(free, free, x, 2) > 1.6
+    assert measure_lane_gain(free, serial, x, 2) < 1.15
+    assert measure_lane_gain(free, free, x, 1) == 1.0
+
+
+@pytest.mark.parametrize(("gain", "lanes"), [(0.9, 1), (1.14, 1), (1.15, 2), (1.9, 2)])
+def test_choose_lanes(gain, lanes):
+    assert choose_lanes(gain, 2) == lanes
+    assert choose_lanes(gain, 1) == 1

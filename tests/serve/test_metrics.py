@@ -64,7 +64,10 @@ def test_metrics_families_labels_and_counts(running_server):
     assert value(fams["detops_decode_seconds"], "detops_decode_seconds_count") == 12
     bs = fams["detops_batch_size"]
     assert value(bs, "detops_batch_size_sum") == 12  # every image in exactly one run
-    assert value(bs, "detops_batch_size_count") < 12  # concurrent requests shared runs
+    # one observation per run, whether requests shared runs or not (that depends on timing;
+    # tests/serve/test_batching.py shows queued jobs sharing runs)
+    runs = server.service.host.current.batcher.batches
+    assert 1 <= value(bs, "detops_batch_size_count") == runs <= 12
     assert value(fams["detops_rejections"], "detops_rejections_total", reason="empty_body") == 1
     assert value(fams["detops_model_info"], "detops_model_info", model_version="det@v1",
                  batch_policy="wait") == 1  # fmt: skip

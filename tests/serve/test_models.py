@@ -16,8 +16,11 @@ JPEG = {"content-type": "image/jpeg"}
 V2_BOX = [4.0, 8.0, 20.0, 30.0]  # const graph of v2, on a 64x64 image (1:1 letterbox)
 
 
-def test_alias_move_swaps_without_failing_a_request(running_server):
-    server = running_server({"serve.alias_poll_s": 0.1, "serve.max_batch_size": 4})
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_alias_move_swaps_without_failing_a_request(running_server, lanes):
+    server = running_server(
+        {"serve.alias_poll_s": 0.1, "serve.max_batch_size": 4, "serve.lanes": lanes}
+    )
     ws = server.ws
     register_model(ws, "det", const_onnx(), spec())
     data = image_bytes(64, 64, value=128)
