@@ -212,7 +212,7 @@ class Batcher:
             threading.Thread(target=self._run, name=f"batcher-{name}-{i}", daemon=True)
             for i in range(self.lanes)
         ]
-        self.batches = 0
+        self.batches = 0  # runs so far (guarded by _running_lock)
         self._announced = 0  # requests being decoded for this batcher (event-loop thread only)
 
     # -- the event-loop side -----------------------------------------------------------------
@@ -273,7 +273,6 @@ class Batcher:
             infer_s = time.perf_counter() - t0
         finally:
             self._lane_slots.release()
-        self.batches += 1
         self._on_batch(int(tensor.shape[0]))
         return BatchResult(outputs, 0.0, infer_s, int(tensor.shape[0]))
 
@@ -286,8 +285,9 @@ class Batcher:
         try:
             return self._infer_padded(batch, self._infer if alone else self._infer_narrow)
         finally:
-            with self._running_lock:
+            with self._running_lock:  # several lanes finish at once: count under the lock
                 self._running -= 1
+                self.batches += 1
 
     def _infer_padded(
         self, batch: np.ndarray, infer: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None
@@ -383,7 +383,6 @@ class Batcher:
         except Exception as e:  # one bad batch must not stop the thread
             error = e if isinstance(e, ModelError) else ModelError(f"{self.name}: {e}")
         infer_s = time.perf_counter() - t0
-        self.batches += 1
         self._on_batch(rows)
         start = 0
         for job in jobs:
