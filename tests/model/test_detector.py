@@ -302,26 +302,31 @@ def test_augment_moves_boxes_with_pixels(
         assert (boxes[i][0] - seen).abs().max().item() <= tol, (boxes[i][0], seen)
 
 
-def test_an_epoch_the_budget_makes_the_last_is_evaluated(
+def test_the_budget_plan_ends_mid_epoch_on_the_floor_lr_and_is_evaluated(
     tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A clock that moves only when a step ends: eight epochs of 10 s, then one of 11 s. With a
-    # 105 s budget the plan is 10 epochs until the slower ninth shows that a tenth cannot fit;
-    # that ninth epoch is then the last and must be evaluated, though eval_every would skip it.
+    # A clock that moves only when a step ends: 5 s a step for eight epochs of two steps, then
+    # 5.5 s. With a 99 s budget the plan after epoch 7 (80 s, 16 steps) is 3 more steps; the
+    # slower epoch 8 keeps it at 19, so epoch 9 runs one step, is the last, and is evaluated
+    # though eval_every would skip it; the cosine schedule reaches its floor at that step.
     import types
 
     import detops.model.train as train_module
 
     now = [0.0]
+    steps: list[int] = []
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
 
     def step_ends(epoch: int, *_: object) -> None:
-        now[0] += 5.0 if epoch < 8 else 5.5  # two steps an epoch
+        steps.append(epoch)
+        now[0] += 5.0 if epoch < 8 else 5.5
 
-    r = train(*tiny_data, tiny_config(epochs=50, eval_every=100, time_budget_s=105),
-              out_dir=tmp_path, progress=step_ends)
-    assert r.stopped == "time_budget" and len(r.epochs) == 9
-    assert [m.ap is not None for m in r.epochs] == [False] * 8 + [True]
+    cfg = tiny_config(epochs=50, eval_every=100, time_budget_s=99)
+    r = train(*tiny_data, cfg, out_dir=tmp_path, progress=step_ends)
+    assert r.stopped == "time_budget" and len(r.epochs) == 10
+    assert len(steps) == 19 and steps.count(9) == 1  # the last epoch: one of its two steps
+    assert [m.ap is not None for m in r.epochs] == [False] * 9 + [True]
+    assert r.epochs[-1].lr < 0.05 * cfg.lr  # annealed over the planned steps
 
 
 def test_time_budget_stops_training(tiny_data, tmp_path: Path) -> None:
