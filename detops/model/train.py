@@ -35,7 +35,8 @@ epoch's step), so the last epoch may be partial; the cosine schedule is stretche
 planned steps and the plan is stored in the checkpoint. Planning whole epochs instead left up
 to one epoch of the budget unused (117 of 600 s with 6,800 training scenes) or ran the last
 epochs at the floor learning rate when the plan grew. When the budget runs out mid-epoch the
-epoch is cut short, evaluated and saved. The final evaluation comes on top of the budget.
+epoch is cut short, evaluated and saved. The final evaluation is kept inside the budget: the
+plan and the mid-epoch cut leave room for it, as long as the last evaluation took.
 A budgeted run depends on timing, so it is not bit-reproducible; without a budget it is.
 """
 
@@ -583,6 +584,7 @@ def train(
 
     t_start = time.monotonic() - elapsed0
     stopped = "epochs"
+    eval_s = 0.0  # how long the last evaluation took: the plan keeps room for the final one
     epoch = start_epoch
     while epoch < planned:
         t_epoch = time.monotonic()
@@ -598,7 +600,7 @@ def train(
             if step >= planned_steps:
                 break  # the plan ends inside this epoch
             if (cfg.time_budget_s is not None and k > 0
-                    and time.monotonic() - t_start >= cfg.time_budget_s):
+                    and time.monotonic() - t_start >= cfg.time_budget_s - eval_s):
                 cut_short = True  # budget spent mid-epoch: stop here, evaluate, save
                 break
             parts = np.array_split(order[k * cfg.batch:(k + 1) * cfg.batch], n_rep)
@@ -635,7 +637,7 @@ def train(
             now = time.monotonic()
             spent = now - t_start
             per_step = max(spent / max(step, 1), (now - t_epoch) / max(len(losses), 1), 1e-9)
-            more = int(max(0.0, cfg.time_budget_s - spent) // per_step)
+            more = int(max(0.0, cfg.time_budget_s - eval_s - spent) // per_step)
             planned_steps = min(cfg.epochs * steps_per_epoch, step + more)
             planned = max(epoch + 1, -(-planned_steps // steps_per_epoch))
             if cut_short or planned_steps <= step:
@@ -650,10 +652,12 @@ def train(
                 _copy_buffers(w, model)
         final = ema.model if ema is not None else model  # the weights validated and exported
         if evaluate:
+            t_eval = time.monotonic()
             stats = evaluate_model(final, val_ds, va, annotator=annotator, imgsz=cfg.imgsz,
                                    amp=use_bf16, score_threshold=cfg.eval_score_threshold,
                                    nms_iou=cfg.nms_iou)
             ap, ap50 = float(stats["AP"]), float(stats["AP50"])
+            eval_s = time.monotonic() - t_eval
         seconds = time.monotonic() - t_epoch
         history.append(EpochMetrics(epoch, float(np.mean(losses)), lr, seconds, ap, ap50))
         if on_epoch is not None:

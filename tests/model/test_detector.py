@@ -329,6 +329,34 @@ def test_the_budget_plan_ends_mid_epoch_on_the_floor_lr_and_is_evaluated(
     assert r.epochs[-1].lr < 0.05 * cfg.lr  # annealed over the planned steps
 
 
+def test_the_budget_plan_keeps_room_for_the_final_evaluation(
+    tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5 s a step, 8 s an evaluation (every epoch), 56 s budget: after epoch 2 (46 s) one more
+    # step would fit but its evaluation would not, so the run ends there, inside the budget
+    import types
+
+    import detops.model.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    real_evaluate = train_module.evaluate_model
+
+    def slow_evaluate(*args: object, **kw: object) -> dict[str, float]:
+        now[0] += 8.0
+        return real_evaluate(*args, **kw)
+
+    monkeypatch.setattr(train_module, "evaluate_model", slow_evaluate)
+
+    def step_ends(*_: object) -> None:
+        now[0] += 5.0
+
+    r = train(*tiny_data, tiny_config(epochs=50, eval_every=1, time_budget_s=56),
+              out_dir=tmp_path, progress=step_ends)
+    assert r.stopped == "time_budget" and len(r.epochs) == 3
+    assert r.seconds <= 56 and r.epochs[-1].ap is not None
+
+
 def test_time_budget_stops_training(tiny_data, tmp_path: Path) -> None:
     train_ds, val_ds = tiny_data
     r = train(train_ds, val_ds, tiny_config(epochs=50, time_budget_s=0.5), out_dir=tmp_path)
