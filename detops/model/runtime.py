@@ -184,22 +184,12 @@ class Runtime:
         self.max_image_pixels = max_image_pixels
         self._adapter = get_adapter(spec.adapter)
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if intra_op_threads is not None:
-            opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
-        spin = "1" if allow_spinning else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
+        self._data, self._spinning = data, allow_spinning
         self._providers = list(providers or ["CPUExecutionProvider"])
         try:
-            self._session = ort.InferenceSession(data, opts, providers=self._providers)
+            self._session = self._new_session(intra_op_threads, inter_op_threads)
         except Exception as e:  # onnxruntime raises its own untyped exceptions
             raise ModelError(f"{source}: not a loadable ONNX model: {e}") from e
-        self._data, self._spin = data, spin
         self._narrow: Any = None  # a one-thread session, made by infer_narrow on first use
         self._narrow_lock = threading.Lock()
 
@@ -285,16 +275,22 @@ class Runtime:
         if self._narrow is None:
             with self._narrow_lock:
                 if self._narrow is None:
-                    opts = ort.SessionOptions()
-                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    opts.intra_op_num_threads = 1
-                    opts.inter_op_num_threads = 1
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", self._spin)
-                    opts.log_severity_level = 3
-                    self._narrow = ort.InferenceSession(
-                        self._data, opts, providers=self._providers
-                    )
+                    self._narrow = self._new_session(1, 1)
         return self._infer_with(self._narrow, batch)
+
+    def _new_session(self, intra_op_threads: int | None, inter_op_threads: int) -> Any:
+        """An onnxruntime session over this runtime's graph with these thread counts."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if intra_op_threads is not None:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        spin = "1" if self._spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
+        return ort.InferenceSession(self._data, opts, providers=self._providers)
 
     def _infer_with(self, session: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
         if batch.dtype != self._input_dtype:

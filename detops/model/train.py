@@ -615,8 +615,9 @@ def train(
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             if torch.isfinite(gnorm):
                 opt.step()
-                for w in works if separate else ():
-                    _copy_weights(w, model, buffers=False)
+                if separate:
+                    for w in works:
+                        _copy_weights(w, model, buffers=False)
             else:  # a rare non-finite bf16 gradient: skip this update rather than poison weights
                 opt.zero_grad(set_to_none=True)
             step += 1

@@ -283,21 +283,22 @@ class Batcher:
             alone = self._running == 0
             self._running += 1
         try:
-            return self._infer_padded(batch, self._infer if alone else self._infer_narrow)
+            narrow = self._infer_narrow  # not None whenever a second lane exists
+            return self._infer_padded(batch, self._infer if alone or narrow is None else narrow)
         finally:
             with self._running_lock:  # several lanes finish at once: count under the lock
                 self._running -= 1
                 self.batches += 1
 
     def _infer_padded(
-        self, batch: np.ndarray, infer: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None
+        self, batch: np.ndarray, infer: Callable[[np.ndarray], Mapping[str, np.ndarray]]
     ) -> dict[str, np.ndarray]:
         rows = int(batch.shape[0])
         if self.static_batch and rows < self.static_batch:
             # a graph exported with a fixed batch: fill with blank rows
             fill = np.zeros((self.static_batch - rows, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, fill])
-        outputs = (infer or self._infer)(batch)
+        outputs = infer(batch)
         return {
             k: (v[:rows] if v.ndim and v.shape[0] == batch.shape[0] else v)
             for k, v in outputs.items()

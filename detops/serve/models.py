@@ -111,13 +111,10 @@ def start_model(
     )[0]
     n_lanes = settings.lanes if lanes is None else lanes
     lane_gain: float | None = None
-    narrow = getattr(rt, "infer_narrow", None)
-    if narrow is None:
-        n_lanes = 1
-    elif n_lanes == 0:
+    if n_lanes == 0:
         cores = os.cpu_count() or 1
         if cores > 1:
-            lane_gain = measure_lane_gain(rt.infer, narrow, sample, cores)
+            lane_gain = measure_lane_gain(rt.infer, rt.infer_narrow, sample, cores)
         n_lanes = choose_lanes(lane_gain or 1.0, cores)
     if policy == "auto":
         if rt.max_batch is None and n > 1:
@@ -137,7 +134,7 @@ def start_model(
         on_batch=metrics.batch_size.observe if metrics else None,
         on_depth=metrics.queue_depth.labels(ref).set if metrics else None,
         lanes=n_lanes,
-        infer_narrow=narrow,
+        infer_narrow=rt.infer_narrow,
     ).start()
     log.info("loaded %s: batch policy %s (measured gain %s), %d lane(s) (measured gain %s)",
              ref, policy, gain, n_lanes, lane_gain)

@@ -64,15 +64,6 @@ def test_forward_shapes(nc: int, size: int, batch: int) -> None:
     assert (dets[..., 4][:, :-1] >= dets[..., 4][:, 1:]).all()  # sorted by score
 
 
-def test_patch_stem_keeps_stride_4_and_exports() -> None:
-    model = Detector(DetectorConfig(num_classes=2, stem_patch=True, **TINY)).eval()
-    heat, ltrb = model(torch.zeros(1, 3, 64, 96))
-    assert tuple(heat.shape) == (1, 2, 16, 24) and tuple(ltrb.shape) == (1, 4, 16, 24)
-    assert isinstance(model.stem[0], torch.nn.Conv2d) and model.stem[0].stride == (4, 4)
-    again = DetectorConfig.from_dict(model.config.to_dict())
-    assert again.stem_patch and DetectorConfig.from_dict({"num_classes": 2}).stem_patch is False
-
-
 def test_heat_bias_starts_at_focal_prior() -> None:
     model = Detector(DetectorConfig(num_classes=2, **TINY)).eval()
     heat, _ = model(torch.zeros(1, 3, 64, 64))
