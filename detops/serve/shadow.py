@@ -126,7 +126,7 @@ def compare(
 class _Job:
     plan: Any  # RoutePlan
     data: bytes
-    prep: Any  # service.Prepared (tensor, transform, features)
+    prep: Any  # service.Prepared (tensor, transform, size, features)
     live_det: Any
     live_names: Sequence[str]
     live_spec: Any
@@ -294,7 +294,7 @@ class ShadowRunner:
         if self.log is None:
             return
         now = dt.datetime.now(dt.UTC)
-        f = job.prep.features
+        prep = job.prep
         rec: dict[str, Any] = {
             "request_id": job.request_id[:64],
             "at": now,
@@ -307,11 +307,9 @@ class ShadowRunner:
             "bytes": len(job.data),
             "format": None,
             "error": None if error is None else f"model_error: {error}",
-            "width": f.width,
-            "height": f.height,
-            "brightness": f.brightness,
-            "contrast": f.contrast,
-            "sharpness": f.sharpness,
+            "width": prep.width,
+            "height": prep.height,
+            **prep.feature_fields(),  # this thread may wait for them (computed after live)
             "n_boxes": None,
             "max_score": None,
             "mean_score": None,

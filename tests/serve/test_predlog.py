@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import threading
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import select, update
 
+from detops.monitor.features import image_features
+from detops.serve import service as service_module
 from detops.serve.predlog import PredictionLog, sample_purger
+from detops.serve.service import Prepared
 from detops.store.schema import image_samples, predictions
 from tests.serve.conftest import image_bytes, wait_until
 
@@ -131,3 +137,41 @@ def test_image_sampling_rate_and_retention(running_server, rate, kept):
         assert sorted(s["request_id"] for s in left) == ["s1", "s2"]
         gone = next(s for s in samples if s["request_id"] == "s0")["artifact"]
         assert not ws.artifacts.exists(gone)
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["deferred", "log-backlog"])
+def test_logged_features_are_the_features_of_the_image(running_server, monkeypatch, at_once):
+    """The features are computed after the answer (by the log's writer) or, when the log is
+    backed up, at once; either way the record holds the image's own features."""
+    if at_once:  # every record counts as a backlog
+        monkeypatch.setattr(service_module, "DEFER_FEATURES_BELOW", 0)
+    server = running_server({"serve.log_flush_ms": 20})
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")  # lossless: the server decodes these pixels
+    png = {"content-type": "image/png"}
+    r = server.client.post("/v1/detect", content=buf.getvalue(), headers=png)
+    assert r.status_code == 200 and r.json()["image"] == {"width": 130, "height": 90}
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the record")
+    (rec,) = rows(server.ws)
+    f = image_features(pixels)
+    assert (rec["width"], rec["height"]) == (130, 90)
+    assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
+        (f.brightness, f.contrast, f.sharpness), rel=1e-6
+    )
+
+
+def test_prepared_keeps_only_the_view_until_the_features_are_asked_for():
+    img = np.random.default_rng(4).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    later = Prepared(np.zeros(1), None, img, 0.0)
+    assert later._view is not None and later._view.nbytes < img.nbytes // 200
+    assert later._features is None
+    assert later.features == image_features(img) and later._view is None
+    now = Prepared(np.zeros(1), None, img, 0.0, features_now=True)
+    assert now._view is None and now._features == image_features(img)
+    assert now.feature_fields() == {
+        "brightness": now.features.brightness,
+        "contrast": now.features.contrast,
+        "sharpness": now.features.sharpness,
+    }
