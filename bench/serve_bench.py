@@ -15,7 +15,10 @@ Baselines, measured in this process while no server runs, with the same session 
   Runtime + post-process), p50 of per-call latency;
 - in-process batch-8 loop: ``predict_bytes`` on 8 JPEGs at a time, images/s;
 - the same c=1 pipeline on a no-op graph (a constant detection): server overhead is the
-  server's c=1 p50 on that graph minus this.
+  server's c=1 p50 on that graph minus this;
+- for context (info rows), the server a user would write by hand (``_handwritten_server.py``:
+  FastAPI + uvicorn, the same pipeline in a thread, nothing else), at c=1 with both models:
+  what this host allows a Python HTTP server at all.
 
 Note: wrk shares the 2 cores with the server, the in-process loops have them to themselves.
 Other work on the machine moves every number; each comparison alternates its sides for
@@ -165,6 +168,37 @@ class ServerProcess:
             if line.startswith(name):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self._log.close()
+
+
+class HandWritten:
+    """``_handwritten_server.py`` on a free port (the reference in the issue's table)."""
+
+    def __init__(self, ws: Path, model: str, *, spinning: bool, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log, "a")  # noqa: SIM115 - closed in stop()
+        script = Path(__file__).with_name("_handwritten_server.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(ws), model, str(self.port),
+             *(["--spinning"] if spinning else [])],
+            env=clean_env(), stdout=self._log, stderr=self._log,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hand-written server exited {self.proc.returncode}; see {log}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hand-written server not ready after 120 s; see {log}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -362,16 +396,38 @@ def main() -> None:
     rows.append(("c=8 p50 / p99 latency (auto)", f"{c8_auto.p50_ms:.1f} / {c8_auto.p99_ms:.1f} ms",
                  "", "", ""))  # fmt: skip
 
-    overheads = []
+    def hand(model: str) -> Load:
+        srv = HandWritten(root, model, spinning=use_spin, log=log)
+        try:
+            wrk(srv.url, lua, image, conns=1, seconds=2)
+            return wrk(srv.url, lua, image, conns=1, seconds=dur)
+        finally:
+            srv.stop()
+
+    overheads, hand_overheads, hand_c1 = [], [], []
     for _ in range(args.rounds):
         bn = base_noop()
         res, _, _ = run("noop@production", "auto", use_spin, 1, dur)
+        hres = hand("noop@production")
         bn = min(bn, base_noop())
-        print(f"no-op: server p50 {res.p50_ms:.3f} ms, in-process {bn:.3f} ms", flush=True)
+        print(f"no-op: server p50 {res.p50_ms:.3f} ms, hand-written {hres.p50_ms:.3f} ms, "
+              f"in-process {bn:.3f} ms", flush=True)  # fmt: skip
         overheads.append((res.p50_ms - bn, res, bn))
+        hand_overheads.append((hres.p50_ms - bn, hres, bn))
+        b1h = base_c1()
+        hres = hand("det@production")
+        b1h = min(b1h, base_c1())
+        print(f"hand-written c=1: p50 {hres.p50_ms:.2f} ms, in-process {b1h:.2f} ms", flush=True)
+        hand_c1.append((hres.p50_ms / b1h, hres, b1h))
     overhead, noop, base_noop_ms = min(overheads, key=lambda o: o[0])
     rows.append(("no-op graph c=1 p50", f"{noop.p50_ms:.3f} ms", f"{base_noop_ms:.3f} ms",
                  f"+{overhead:.3f} ms", _verdict(overhead <= 1.0, "overhead <= 1 ms")))  # fmt: skip
+    h_over, h_noop, h_base = min(hand_overheads, key=lambda o: o[0])
+    rows.append(("  hand-written FastAPI, no-op (info)", f"{h_noop.p50_ms:.3f} ms",
+                 f"{h_base:.3f} ms", f"+{h_over:.3f} ms", ""))  # fmt: skip
+    h_ratio, h_c1, h_b1 = min(hand_c1, key=lambda o: o[0])
+    rows.insert(1, ("  hand-written FastAPI, c=1 (info)", f"{h_c1.p50_ms:.2f} ms",
+                    f"{h_b1:.2f} ms (in-process)", f"{h_ratio:.2f}x", ""))  # fmt: skip
 
     # RSS growth: the no-op model at c=8, so 20,000 requests take seconds, not minutes
     n_small, n_big = (int(x) for x in args.rss_requests.split(","))

@@ -104,8 +104,7 @@ class Prepared:
     :attr:`features` computes them on first use, from any thread (the shadow runner's, say).
     """
 
-    __slots__ = ("tensor", "transform", "width", "height", "decode_s", "result", "_view",
-                 "_features")  # fmt: skip
+    __slots__ = ("tensor", "transform", "width", "height", "decode_s", "result", "pending")
 
     def __init__(self, tensor: np.ndarray, transform: Any, image: np.ndarray, decode_s: float,
                  *, features_now: bool = False) -> None:  # fmt: skip
@@ -116,10 +115,31 @@ class Prepared:
         self.height = int(h)
         self.decode_s = decode_s
         self.result: BatchResult | None = None  # set when the model was idle and ran at once
-        self._features: ImageFeatures | None = None
-        self._view: np.ndarray | None = feature_view(image)
+        # what a log record keeps: the view (or, once computed, the features) and nothing of
+        # the request's tensors
+        self.pending = PendingFeatures(feature_view(image), self.width, self.height)
         if features_now:
-            self.features  # noqa: B018 - computed now, the view dropped
+            self.pending.features  # noqa: B018 - computed now, the view dropped
+
+    @property
+    def features(self) -> ImageFeatures:
+        return self.pending.features
+
+    def feature_fields(self) -> dict[str, float]:
+        return self.pending()
+
+
+class PendingFeatures:
+    """The input features of one image, computed on first use from its kept view (then the
+    view is dropped); calling it gives the prediction record's feature fields."""
+
+    __slots__ = ("_view", "_features", "width", "height")
+
+    def __init__(self, view: np.ndarray, width: int, height: int) -> None:
+        self._view: np.ndarray | None = view
+        self._features: ImageFeatures | None = None
+        self.width = width
+        self.height = height
 
     @property
     def features(self) -> ImageFeatures:
@@ -132,7 +152,7 @@ class Prepared:
             self._view = None
         return f
 
-    def feature_fields(self) -> dict[str, float]:
+    def __call__(self) -> dict[str, float]:
         f = self.features
         return {"brightness": f.brightness, "contrast": f.contrast, "sharpness": f.sharpness}
 
@@ -463,7 +483,7 @@ class Service:
         }
         if prep is not None:
             rec.update(width=prep.width, height=prep.height)
-            rec[LATE_FIELDS] = prep.feature_fields  # the writer thread fills these in
+            rec[LATE_FIELDS] = prep.pending  # the writer thread fills these in
         if result is not None and dets is not None:
             scores = [d["score"] for d in dets]
             counts: dict[str, int] = {}

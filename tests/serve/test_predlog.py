@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import io
 import threading
 import time
@@ -165,11 +166,13 @@ def test_logged_features_are_the_features_of_the_image(running_server, monkeypat
 def test_prepared_keeps_only_the_view_until_the_features_are_asked_for():
     img = np.random.default_rng(4).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     later = Prepared(np.zeros(1), None, img, 0.0)
-    assert later._view is not None and later._view.nbytes < img.nbytes // 200
-    assert later._features is None
-    assert later.features == image_features(img) and later._view is None
+    kept = later.pending  # what a log record holds: no reference to the request's tensors
+    assert not any(x is later.tensor for x in gc.get_referents(kept))
+    assert kept._view is not None and kept._view.nbytes < img.nbytes // 200
+    assert kept._features is None
+    assert later.features == image_features(img) and kept._view is None
     now = Prepared(np.zeros(1), None, img, 0.0, features_now=True)
-    assert now._view is None and now._features == image_features(img)
+    assert now.pending._view is None and now.pending._features == image_features(img)
     assert now.feature_fields() == {
         "brightness": now.features.brightness,
         "contrast": now.features.contrast,
