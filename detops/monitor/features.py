@@ -48,26 +48,10 @@ def grey_view(image: np.ndarray, view_side: int = VIEW_SIDE) -> np.ndarray:
     return view.astype(np.float32)
 
 
-def feature_view(image: np.ndarray, view_side: int = VIEW_SIDE) -> np.ndarray:
-    """The pixels the features read, as a small contiguous copy (long side ~``view_side``):
-    what a server keeps to compute the features later, instead of the whole image."""
-    h, w = image.shape[:2]
-    step = max(1, -(-max(h, w) // view_side))  # ceil
-    return np.ascontiguousarray(image[::step, ::step])
-
-
-def view_features(view: np.ndarray, width: int, height: int) -> ImageFeatures:
-    """:func:`image_features` of the image whose :func:`feature_view` is ``view``."""
-    return _features(grey_view(view, max(view.shape[:2])), width, height)
-
-
 def image_features(image: np.ndarray, view_side: int = VIEW_SIDE) -> ImageFeatures:
     """Brightness, contrast and sharpness of ``image`` (see the module docstring)."""
     h, w = image.shape[:2]
-    return _features(grey_view(image, view_side), w, h)
-
-
-def _features(g: np.ndarray, w: int, h: int) -> ImageFeatures:
+    g = grey_view(image, view_side)
     brightness = float(g.mean())
     contrast = float(g.std())
     if g.shape[0] >= 3 and g.shape[1] >= 3:

@@ -80,7 +80,7 @@ class ServeMetrics:
         )
         self.in_flight = Gauge("detops_in_flight_requests", "requests being handled", registry=r)
         stages = {
-            "decode": "decode + pre-processing (the input features are computed after the answer)",
+            "decode": "decode + input features + pre-processing",
             "queue": "waiting in the batch queue",
             "inference": "the batch's ONNX Runtime run",
             "total": "whole request, received to response",

@@ -89,9 +89,6 @@ class WriteTally:
 
 
 _SAMPLE = "_sample_bytes"
-# a callable returning more fields, called by the writer thread (fields computed after the
-# response, such as the input features: see service.Prepared)
-LATE_FIELDS = "_late_fields"
 _COMPARISON = "_comparison"  # a shadow record's comparison with live -> shadow_comparisons
 PURGE_EVERY_S = 600.0
 
@@ -155,11 +152,6 @@ class PredictionLog(WriteTally):
             if self._metrics is not None:
                 self._metrics.log_queue.set(self._queue.qsize())
             if records:
-                for rec in records:
-                    late = rec.pop(LATE_FIELDS, None)
-                    if late is not None:
-                        rec.update(late())
-                        time.sleep(0)  # let the event loop have the GIL between records
                 write_batch(
                     self._writer,
                     records,

@@ -39,7 +39,7 @@ class Detection(_Schema):
 
 
 class Timings(_Schema):
-    decode: float = Field(description="decode + pre-processing, ms")
+    decode: float = Field(description="decode + features + pre-processing, ms")
     queue: float = Field(description="waiting for the model's batch, ms")
     inference: float = Field(description="the batch's ONNX Runtime run + post-processing, ms")
     total: float = Field(description="from request received to response built, ms")

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,12 @@ from detops.errors import (
     Overloaded,
     ServeError,
 )
-from detops.monitor.features import ImageFeatures, feature_view, view_features
+from detops.monitor.features import ImageFeatures, image_features
 from detops.serve.automation import Automation
 from detops.serve.batching import Batcher, BatchResult
 from detops.serve.metrics import ServeMetrics
 from detops.serve.models import ModelHost, NotReady
-from detops.serve.predlog import LATE_FIELDS, PredictionLog
+from detops.serve.predlog import PredictionLog
 from detops.serve.review import ReviewQueue
 from detops.serve.routing import Route, Router
 from detops.store.db import utcnow
@@ -92,84 +93,22 @@ def problem_from(exc: BaseException) -> HTTPProblem:
     return HTTPProblem(500, "model_error", f"internal error: {type(exc).__name__}: {exc}")
 
 
+@dataclass(slots=True)
 class Prepared:
-    """A decoded, pre-processed request (and the model's answer when it ran at once).
-
-    The input features are not computed on the request path: the decoding thread keeps only
-    their small :func:`~detops.monitor.features.feature_view` (the pixels they read, ~50 KB at
-    most) and the prediction log's writer thread computes them (:meth:`feature_fields`) when it
-    writes the record. Measured with the no-op graph under wrk on 2 cores, servers side by side
-    (``bench/serve_bench.py``'s set-up): c=8 throughput 444-466 req/s against 409 with the
-    features computed in the request, c=1 p50 unchanged (2.93-3.00 against 2.99 ms).
-    :attr:`features` computes them on first use, from any thread (the shadow runner's, say).
-    """
-
-    __slots__ = ("tensor", "transform", "width", "height", "decode_s", "result", "pending")
-
-    def __init__(self, tensor: np.ndarray, transform: Any, image: np.ndarray, decode_s: float,
-                 *, features_now: bool = False) -> None:  # fmt: skip
-        h, w = image.shape[:2]
-        self.tensor = tensor
-        self.transform = transform
-        self.width = int(w)
-        self.height = int(h)
-        self.decode_s = decode_s
-        self.result: BatchResult | None = None  # set when the model was idle and ran at once
-        # what a log record keeps: the view (or, once computed, the features) and nothing of
-        # the request's tensors
-        self.pending = PendingFeatures(feature_view(image), self.width, self.height)
-        if features_now:
-            self.pending.features  # noqa: B018 - computed now, the view dropped
-
-    @property
-    def features(self) -> ImageFeatures:
-        return self.pending.features
-
-    def feature_fields(self) -> dict[str, float]:
-        return self.pending()
+    tensor: np.ndarray
+    transform: Any
+    features: ImageFeatures
+    decode_s: float
+    result: BatchResult | None = None  # set when the model was idle and ran right away
 
 
-class PendingFeatures:
-    """The input features of one image, computed on first use from its kept view (then the
-    view is dropped); calling it gives the prediction record's feature fields."""
-
-    __slots__ = ("_view", "_features", "width", "height")
-
-    def __init__(self, view: np.ndarray, width: int, height: int) -> None:
-        self._view: np.ndarray | None = view
-        self._features: ImageFeatures | None = None
-        self.width = width
-        self.height = height
-
-    @property
-    def features(self) -> ImageFeatures:
-        f = self._features
-        if f is None:
-            view = self._view
-            if view is None:  # another thread computed them meanwhile
-                return self._features  # type: ignore[return-value]
-            f = self._features = view_features(view, self.width, self.height)
-            self._view = None
-        return f
-
-    def __call__(self) -> dict[str, float]:
-        f = self.features
-        return {"brightness": f.brightness, "contrast": f.contrast, "sharpness": f.sharpness}
-
-
-# When the prediction log holds more records than this, the features are computed at once
-# (records then hold three numbers instead of a view of up to ~50 KB): memory stays bounded
-# while the store is slow or down.
-DEFER_FEATURES_BELOW = 1000
-
-
-def _prepare(runtime: Any, batcher: Batcher, data: bytes, features_now: bool) -> Prepared:
-    """In a pool thread: decode, pre-process; run now if the model is idle."""
+def _prepare(runtime: Any, batcher: Batcher, data: bytes) -> Prepared:
+    """In a pool thread: decode, features, pre-process; run now if the model is idle."""
     t0 = time.perf_counter()
     img = runtime.decode_image(data)
+    features = image_features(img)
     tensor, transforms = runtime.preprocess([img])
-    prep = Prepared(tensor, transforms[0], img, 0.0, features_now=features_now)
-    prep.decode_s = time.perf_counter() - t0
+    prep = Prepared(tensor, transforms[0], features, time.perf_counter() - t0)
     prep.result = batcher.try_direct(tensor)
     return prep
 
@@ -271,9 +210,6 @@ class Service:
         if self.settings.require_token_for_detect:
             self.check_token(authorization, what)
 
-    def _features_now(self) -> bool:
-        return self.log is None or self.log.pending >= DEFER_FEATURES_BELOW
-
     # -- detection -----------------------------------------------------------------------------
 
     async def detect(
@@ -311,9 +247,7 @@ class Service:
                 async with asyncio.timeout(
                     max(0.0, started + self.timeout_s - time.perf_counter())
                 ):
-                    prep = await loop.run_in_executor(
-                        self.pool, _prepare, rt, lm.batcher, data, self._features_now()
-                    )
+                    prep = await loop.run_in_executor(self.pool, _prepare, rt, lm.batcher, data)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from {lm.ref} within serve.timeout_ms="
@@ -345,7 +279,7 @@ class Service:
                 "request_id": request_id,
                 "model": {"name": lm.name, "version": lm.version},
                 "route": route.to_dict(),
-                "image": {"width": prep.width, "height": prep.height},
+                "image": {"width": prep.features.width, "height": prep.features.height},
                 **self._automate(
                     request_id,
                     lm,
@@ -416,8 +350,8 @@ class Service:
                 "reason": verdict.review_reason,
                 "detections": seen,
                 "classes": list(lm.runtime.spec.class_names),
-                "width": prep.width,
-                "height": prep.height,
+                "width": prep.features.width,
+                "height": prep.features.height,
                 "format": sniff_format(data),
             }
             if not self.review.offer(item, data):
@@ -482,8 +416,14 @@ class Service:
             "class_counts": None,
         }
         if prep is not None:
-            rec.update(width=prep.width, height=prep.height)
-            rec[LATE_FIELDS] = prep.pending  # the writer thread fills these in
+            f = prep.features
+            rec.update(
+                width=f.width,
+                height=f.height,
+                brightness=f.brightness,
+                contrast=f.contrast,
+                sharpness=f.sharpness,
+            )
         if result is not None and dets is not None:
             scores = [d["score"] for d in dets]
             counts: dict[str, int] = {}

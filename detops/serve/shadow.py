@@ -126,7 +126,7 @@ def compare(
 class _Job:
     plan: Any  # RoutePlan
     data: bytes
-    prep: Any  # service.Prepared (tensor, transform, size, features)
+    prep: Any  # service.Prepared (tensor, transform, features)
     live_det: Any
     live_names: Sequence[str]
     live_spec: Any
@@ -294,7 +294,7 @@ class ShadowRunner:
         if self.log is None:
             return
         now = dt.datetime.now(dt.UTC)
-        prep = job.prep
+        f = job.prep.features
         rec: dict[str, Any] = {
             "request_id": job.request_id[:64],
             "at": now,
@@ -307,9 +307,11 @@ class ShadowRunner:
             "bytes": len(job.data),
             "format": None,
             "error": None if error is None else f"model_error: {error}",
-            "width": prep.width,
-            "height": prep.height,
-            **prep.feature_fields(),  # this thread may wait for them (computed after live)
+            "width": f.width,
+            "height": f.height,
+            "brightness": f.brightness,
+            "contrast": f.contrast,
+            "sharpness": f.sharpness,
             "n_boxes": None,
             "max_score": None,
             "mean_score": None,

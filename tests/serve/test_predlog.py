@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import io
 import threading
 import time
@@ -14,9 +13,7 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from detops.monitor.features import image_features
-from detops.serve import service as service_module
 from detops.serve.predlog import PredictionLog, sample_purger
-from detops.serve.service import Prepared
 from detops.store.schema import image_samples, predictions
 from tests.serve.conftest import image_bytes, wait_until
 
@@ -140,15 +137,9 @@ def test_image_sampling_rate_and_retention(running_server, rate, kept):
         assert not ws.artifacts.exists(gone)
 
 
-@pytest.mark.parametrize("at_once", [False, True], ids=["deferred", "log-backlog"])
-def test_logged_features_are_the_features_of_the_image(running_server, monkeypatch, at_once):
-    """The features are computed after the answer (by the log's writer) or, when the log is
-    backed up, at once; either way the record holds the image's own features."""
-    if at_once:  # every record counts as a backlog
-        monkeypatch.setattr(service_module, "DEFER_FEATURES_BELOW", 0)
+def test_logged_features_are_the_features_of_the_image(running_server):
     server = running_server({"serve.log_flush_ms": 20})
-    rng = np.random.default_rng(3)
-    pixels = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    pixels = np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")  # lossless: the server decodes these pixels
     png = {"content-type": "image/png"}
@@ -161,20 +152,3 @@ def test_logged_features_are_the_features_of_the_image(running_server, monkeypat
     assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
         (f.brightness, f.contrast, f.sharpness), rel=1e-6
     )
-
-
-def test_prepared_keeps_only_the_view_until_the_features_are_asked_for():
-    img = np.random.default_rng(4).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    later = Prepared(np.zeros(1), None, img, 0.0)
-    kept = later.pending  # what a log record holds: no reference to the request's tensors
-    assert not any(x is later.tensor for x in gc.get_referents(kept))
-    assert kept._view is not None and kept._view.nbytes < img.nbytes // 200
-    assert kept._features is None
-    assert later.features == image_features(img) and kept._view is None
-    now = Prepared(np.zeros(1), None, img, 0.0, features_now=True)
-    assert now.pending._view is None and now.pending._features == image_features(img)
-    assert now.feature_fields() == {
-        "brightness": now.features.brightness,
-        "contrast": now.features.contrast,
-        "sharpness": now.features.sharpness,
-    }
