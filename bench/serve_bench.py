@@ -1,6 +1,6 @@
 """The prediction server under real HTTP load, against in-process baselines measured in this run.
 
-    python bench/serve_bench.py                   # ~4 minutes on 2 cores
+    python bench/serve_bench.py                   # ~13 minutes on 2 cores
     python bench/serve_bench.py --duration 5 --rss-requests 1000,5000   # quicker, rougher
 
 The load generator is wrk (Debian package ``wrk``) in its own process, posting one 320x320
