@@ -122,6 +122,23 @@ def batch_rate(rt, jpegs: list[bytes], seconds: float) -> float:
 # -- the server -------------------------------------------------------------------------------
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, what: str) -> None:
+    """Until ``url``/readyz answers 200; an error naming ``what`` if it exits or takes 120 s."""
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=url, timeout=5) as c:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited {proc.returncode}; see {log}")
+            try:
+                if c.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready after 120 s; see {log}")
+            time.sleep(0.1)
+
+
 class ServerProcess:
     def __init__(self, ws: Path, model: str, *, policy: str, spinning: bool, log: Path,
                  lanes: int = 0) -> None:  # fmt: skip
@@ -136,20 +153,8 @@ class ServerProcess:
              "--port", str(self.port), "--batch-policy", policy, "--max-queue", "256"],
             env=env, stdout=self._log, stderr=self._log,
         )  # fmt: skip
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=self.url, timeout=5) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"detops serve exited {self.proc.returncode}; see {log}")
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        self.model = c.get("/v1/models").json()[0]
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"detops serve not ready after 120 s; see {log}")
-                time.sleep(0.1)
+        wait_ready(self.proc, self.url, log, "detops serve")
+        self.model = httpx.get(self.url + "/v1/models", timeout=5).json()[0]
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -187,18 +192,7 @@ class HandWritten:
              *(["--spinning"] if spinning else [])],
             env=clean_env(), stdout=self._log, stderr=self._log,
         )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hand-written server exited {self.proc.returncode}; see {log}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"hand-written server not ready after 120 s; see {log}")
-            time.sleep(0.1)
+        wait_ready(self.proc, self.url, log, "hand-written server")
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -278,6 +278,12 @@ class Runtime:
                     self._narrow = self._new_session(1, 1)
         return self._infer_with(self._narrow, batch)
 
+    def drop_narrow(self) -> None:
+        """Free the one-thread session (a lane-gain measure made it and one lane was chosen);
+        :meth:`infer_narrow` would make it again."""
+        with self._narrow_lock:
+            self._narrow = None
+
     def _new_session(self, intra_op_threads: int | None, inter_op_threads: int) -> Any:
         """An onnxruntime session over this runtime's graph with these thread counts."""
         opts = ort.SessionOptions()

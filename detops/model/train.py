@@ -551,6 +551,7 @@ def train(
     planned_steps = cfg.epochs * steps_per_epoch
     start_epoch, step = 0, 0
     best_ap, best_epoch, since_best, elapsed0 = -1.0, -1, 0, 0.0
+    eval_s = 0.0  # how long the last evaluation took: the plan keeps room for the final one
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
@@ -564,6 +565,7 @@ def train(
         sched = state["scheduler"]
         planned, step = sched["planned_epochs"], sched["step"]
         planned_steps = sched.get("planned_steps", planned * steps_per_epoch)
+        eval_s = sched.get("eval_s", 0.0)
         start_epoch = state["epoch"] + 1
         history = [EpochMetrics(**m) for m in state["history"]]
         best_ap, best_epoch, since_best = state["best_ap"], state["best_epoch"], state["since_best"]
@@ -584,7 +586,6 @@ def train(
 
     t_start = time.monotonic() - elapsed0
     stopped = "epochs"
-    eval_s = 0.0  # how long the last evaluation took: the plan keeps room for the final one
     epoch = start_epoch
     while epoch < planned:
         t_epoch = time.monotonic()
@@ -592,7 +593,6 @@ def train(
         order = np.random.Generator(np.random.PCG64(ss)).permutation(n)
         gens = [torch.Generator().manual_seed(int(v >> 1))
                 for v in ss.generate_state(n_rep, np.uint64)]
-        total_steps = planned_steps
         losses = []
         lr = cfg.lr
         cut_short = False
@@ -604,7 +604,7 @@ def train(
                 cut_short = True  # budget spent mid-epoch: stop here, evaluate, save
                 break
             parts = np.array_split(order[k * cfg.batch:(k + 1) * cfg.batch], n_rep)
-            lr = _lr_at(step, total_steps, cfg.lr, cfg.warmup_steps)
+            lr = _lr_at(step, planned_steps, cfg.lr, cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -628,7 +628,7 @@ def train(
                 spent = time.monotonic() - t_start
                 done = step
                 eta = spent / max(1, done - start_epoch * steps_per_epoch) * (
-                    total_steps - done) if done > start_epoch * steps_per_epoch else 0.0
+                    planned_steps - done) if done > start_epoch * steps_per_epoch else 0.0
                 progress(epoch, k + 1, steps_per_epoch, losses[-1], eta)
 
         if cfg.time_budget_s is not None:
@@ -675,7 +675,7 @@ def train(
             "class_names": train_ds.category_names,
             "optimizer": opt.state_dict(),
             "scheduler": {"planned_epochs": planned, "planned_steps": planned_steps,
-                          "step": step},
+                          "step": step, "eval_s": eval_s},
             "epoch": epoch,
             "history": [asdict(m) for m in history],
             "best_ap": best_ap, "best_epoch": best_epoch, "since_best": since_best,

@@ -116,6 +116,8 @@ def start_model(
         if cores > 1:
             lane_gain = measure_lane_gain(rt.infer, rt.infer_narrow, sample, cores)
         n_lanes = choose_lanes(lane_gain or 1.0, cores)
+        if n_lanes == 1:
+            rt.drop_narrow()  # the measure's one-thread session: one lane never uses it
     if policy == "auto":
         if rt.max_batch is None and n > 1:
             gain = measure_batch_gain(rt.infer, sample, n)
@@ -134,7 +136,7 @@ def start_model(
         on_batch=metrics.batch_size.observe if metrics else None,
         on_depth=metrics.queue_depth.labels(ref).set if metrics else None,
         lanes=n_lanes,
-        infer_narrow=rt.infer_narrow,
+        infer_narrow=rt.infer_narrow if n_lanes > 1 else None,
     ).start()
     log.info("loaded %s: batch policy %s (measured gain %s), %d lane(s) (measured gain %s)",
              ref, policy, gain, n_lanes, lane_gain)

@@ -96,6 +96,7 @@ async def metadata(name: str, request: Request) -> dict[str, Any]:
             "batch_gain": lm.gain,
             "max_batch_size": lm.batcher.max_batch_size,
             "lanes": lm.batcher.lanes,
+            "lane_gain": lm.lane_gain,
             "class_names": lm.runtime.spec.class_names,
         },
     }

@@ -346,6 +346,8 @@ def test_the_budget_plan_keeps_room_for_the_final_evaluation(
               out_dir=tmp_path, progress=step_ends)
     assert r.stopped == "time_budget" and len(r.epochs) == 3
     assert r.seconds <= 56 and r.epochs[-1].ap is not None
+    # a resumed run plans with the same room: the evaluation's length is in the checkpoint
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["scheduler"]["eval_s"] == 8.0
 
 
 def test_time_budget_stops_training(tiny_data, tmp_path: Path) -> None:

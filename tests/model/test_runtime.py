@@ -319,6 +319,9 @@ def test_infer_narrow_is_a_one_thread_session_with_the_same_outputs(graphs: Any)
     assert opts.intra_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert rt.infer_narrow(x[:1])["detections"].shape == (1, 1, 6)  # made once, reused
+    rt.drop_narrow()
+    assert rt._narrow is None
+    np.testing.assert_array_equal(rt.infer_narrow(x)["detections"], wide["detections"])
 
 
 def test_importing_detops_model_loads_neither_onnxruntime_nor_torch() -> None:

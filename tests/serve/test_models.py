@@ -126,3 +126,30 @@ def test_a_failed_load_keeps_the_live_version_and_reports():
     with pytest.raises(RuntimeError):
         host.check_now()
     assert host.current.version == 1 and "hash" in host.last_error
+
+
+@pytest.mark.parametrize(("measured", "lanes"), [(0.9, 1), (1.5, 2)])
+def test_measured_lanes_keep_the_one_thread_session_only_when_used(monkeypatch, measured, lanes):
+    import detops.serve.models as models_module
+    from detops.config import ServeSettings
+    from detops.model.runtime import Runtime
+    from detops.model.spec import ModelSpec
+    from tests.serve.conftest import mean_box_onnx
+
+    monkeypatch.setattr(models_module.os, "cpu_count", lambda: 2)
+    seen: list[object] = []
+
+    def measure(wide, narrow, sample, n):
+        narrow(sample[:1])  # as the real measure does: this makes the one-thread session
+        seen.append(rt._narrow)
+        return measured
+
+    monkeypatch.setattr(models_module, "measure_lane_gain", measure)
+    rt = Runtime(mean_box_onnx(), ModelSpec(**spec()), intra_op_threads=2)
+    lm = models_module.start_model("det", 1, rt, ServeSettings(lanes=0, batch_policy="off"))
+    try:
+        assert seen[0] is not None
+        assert (lm.batcher.lanes, lm.lane_gain) == (lanes, measured)
+        assert (rt._narrow is not None) == (lanes > 1)  # one lane: its memory handed back
+    finally:
+        lm.batcher.close()

@@ -25,6 +25,7 @@ def test_health_and_metadata(server):
     assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
     assert meta["outputs"] == [{"name": "detections", "datatype": "FP32", "shape": [-1, 1, 6]}]
     assert meta["parameters"]["batch_policy"] == "greedy"
+    assert (meta["parameters"]["lanes"], meta["parameters"]["lane_gain"]) == (1, None)  # fixed
     assert c.get("/v2/models/other").status_code == 404
 
 
