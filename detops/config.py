@@ -99,7 +99,12 @@ class ServeSettings(_Section):
     )
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
-    allow_spinning: bool = False
+    allow_spinning: bool | Literal["alone"] = Field(
+        False,
+        description="ONNX Runtime threads spin while waiting for work: lower latency, more CPU; "
+        "alone: only in runs of a request that has the server to itself (under load a second, "
+        "non-spinning session serves)",
+    )
     body_limit_mb: float = Field(20.0, gt=0)
     max_pixels: int = Field(40_000_000, gt=0, description="checked from the header")
     token: str | None = Field(None, description="bearer token for admin endpoints")
@@ -188,7 +193,7 @@ serve:
   lanes: 0               # runs at once per model version; 0 = one per core if measured faster
   timeout_ms: 10000      # per-request deadline
   intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core
-  allow_spinning: false  # spinning threads burn CPU the server needs
+  allow_spinning: false  # false | true | alone (spin only for a request that is alone)
   body_limit_mb: 20
   max_pixels: 40000000   # checked from the image header, before decoding
   # Bearer token for anything that changes state (env DETOPS_SERVE_TOKEN keeps it out of files).

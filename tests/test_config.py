@@ -64,3 +64,16 @@ def test_bad_env_value_names_the_setting(tmp_path):
 def test_env_names():
     assert env_name("store.url") == "DETOPS_STORE_URL"
     assert env_name("data.split.val") == "DETOPS_DATA_SPLIT_VAL"
+
+
+@pytest.mark.parametrize(("raw", "value"), [("false", False), ("true", True), ("alone", "alone")])
+def test_allow_spinning_takes_a_bool_or_alone(raw, value):
+    cfg = resolve(None, env={"DETOPS_SERVE_ALLOW_SPINNING": raw})
+    assert cfg.settings.serve.allow_spinning == value
+
+
+def test_allow_spinning_refuses_other_words(tmp_path):
+    f = tmp_path / "detops.yaml"
+    f.write_text("serve:\n  allow_spinning: sometimes\n")
+    with pytest.raises(ConfigError, match="serve.allow_spinning"):
+        resolve(f, env={})

@@ -192,6 +192,8 @@ class Runtime:
             raise ModelError(f"{source}: not a loadable ONNX model: {e}") from e
         self._narrow: Any = None  # a one-thread session, made by infer_narrow on first use
         self._narrow_lock = threading.Lock()
+        self._threads = (intra_op_threads, inter_op_threads)
+        self._quiet: Any = None  # a non-spinning full session, made by infer_quiet (spinning)
 
         inputs, outputs = graph_signature(self._session)
         try:
@@ -284,15 +286,36 @@ class Runtime:
         with self._narrow_lock:
             self._narrow = None
 
-    def _new_session(self, intra_op_threads: int | None, inter_op_threads: int) -> Any:
-        """An onnxruntime session over this runtime's graph with these thread counts."""
+    def infer_quiet(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`infer` with every intra-op thread, on threads that sleep when idle instead of
+        spinning. Without ``allow_spinning`` that is the main session; with it, a second
+        session made on first use (for runs under load, where a spinning thread takes a core
+        another run needs). One intra-op thread has no pool to spin: the main session."""
+        if not self.spinning:
+            return self._infer_with(self._session, batch)
+        if self._quiet is None:
+            with self._narrow_lock:
+                if self._quiet is None:
+                    self._quiet = self._new_session(*self._threads, spinning=False)
+        return self._infer_with(self._quiet, batch)
+
+    @property
+    def spinning(self) -> bool:
+        """Whether the main session has intra-op threads that spin while waiting for work."""
+        return self._spinning and self._threads[0] != 1
+
+    def _new_session(
+        self, intra_op_threads: int | None, inter_op_threads: int, *, spinning: bool | None = None
+    ) -> Any:
+        """An onnxruntime session over this runtime's graph with these thread counts (and
+        this runtime's spinning unless ``spinning`` says otherwise)."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         if intra_op_threads is not None:
             opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
-        spin = "1" if self._spinning else "0"
+        spin = "1" if (self._spinning if spinning is None else spinning) else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise

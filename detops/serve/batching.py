@@ -36,6 +36,14 @@ the issue's reference-cost model under wrk at c=8 (``bench/serve_bench.py --mode
 runs with two lanes served 85.7-101.3 req/s, runs with one 69.0-78.8; the warm-up measure read
 a lane gain of only 1.155 for it, hence the low threshold (a gain of 1.0 loses nothing).
 
+Spinning ``alone`` (``serve.allow_spinning: alone``): ONNX Runtime's intra-op threads spin
+between the kernels of a run instead of sleeping, which on a 2-core VM cut a lone request's run
+by ~2-3 ms (c=1 p50 6.79 vs 9.58 ms in ``bench/serve_bench.py``), but a spinning pool takes the
+core a second lane needs (the warm-up lane measure read a gain of 0.774 with it, 1.10-1.16
+without). So the runtime keeps a non-spinning twin of its full session (``infer_busy``): a run
+uses the spinning session only for a request that did not queue while no other request is
+queued or being decoded; every other full-width run uses the twin.
+
 A full queue raises :class:`~detops.errors.Overloaded` (HTTP 503 + Retry-After); a job whose
 deadline passed while queued is dropped before inference.
 """
@@ -185,6 +193,7 @@ class Batcher:
         on_depth: Callable[[int], None] | None = None,
         lanes: int = 1,
         infer_narrow: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
+        infer_busy: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"batch policy {policy!r}: expected one of {', '.join(POLICIES)}")
@@ -204,6 +213,7 @@ class Batcher:
             raise ValueError("lanes > 1 needs infer_narrow (a one-thread runner)")
         self.lanes = max(1, lanes)
         self._infer_narrow = infer_narrow
+        self._infer_busy = infer_busy
         self._lane_slots = threading.BoundedSemaphore(self.lanes)  # runs in progress
         self._running = 0  # guarded by _running_lock
         self._running_lock = threading.Lock()
@@ -276,15 +286,27 @@ class Batcher:
         self._on_batch(int(tensor.shape[0]))
         return BatchResult(outputs, 0.0, infer_s, int(tensor.shape[0]))
 
-    def _infer_lane(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run ``batch`` (the caller holds a lane): the full session when no other run is in
-        progress, the one-thread session beside another run."""
+    def _runner(
+        self, alone: bool, queued: bool
+    ) -> Callable[[np.ndarray], Mapping[str, np.ndarray]]:
+        """Which session runs a batch: beside another run, the one-thread session (when
+        there are lanes); else the full session, or with ``infer_busy`` (spinning "alone") the
+        spinning one only for a request that did not queue while nothing else is queued or
+        being decoded."""
+        if not alone and self._infer_narrow is not None:
+            return self._infer_narrow
+        busy = self._infer_busy
+        if busy is not None and (queued or not alone or self._queue or self._announced > 1):
+            return busy
+        return self._infer
+
+    def _infer_lane(self, batch: np.ndarray, queued: bool = False) -> dict[str, np.ndarray]:
+        """Run ``batch`` (the caller holds a lane) on the session :meth:`_runner` picks."""
         with self._running_lock:
             alone = self._running == 0
             self._running += 1
         try:
-            narrow = self._infer_narrow  # not None whenever a second lane exists
-            return self._infer_padded(batch, self._infer if alone or narrow is None else narrow)
+            return self._infer_padded(batch, self._runner(alone, queued))
         finally:
             with self._running_lock:  # several lanes finish at once: count under the lock
                 self._running -= 1
@@ -380,7 +402,7 @@ class Batcher:
         outputs: Mapping[str, np.ndarray] = {}
         t0 = time.perf_counter()
         try:
-            outputs = self._infer_lane(batch)
+            outputs = self._infer_lane(batch, queued=True)
         except Exception as e:  # one bad batch must not stop the thread
             error = e if isinstance(e, ModelError) else ModelError(f"{self.name}: {e}")
         infer_s = time.perf_counter() - t0

@@ -79,7 +79,7 @@ def open_model(
         ws,
         mv,
         intra_op_threads=threads or None,
-        allow_spinning=settings.allow_spinning,
+        allow_spinning=bool(settings.allow_spinning),  # "alone" too: see start_model
         max_image_pixels=settings.max_pixels,
         name=mv.ref,
     )
@@ -109,18 +109,24 @@ def start_model(
     sample = rt.preprocess(
         [np.full((rt.spec.input_height, rt.spec.input_width, 3), 114, np.uint8)]
     )[0]
+    # spinning "alone": the runtime's main session spins (a lone request's runs); runs under
+    # load go to its non-spinning twin, and the gains are measured on that
+    busy = rt.infer_quiet if settings.allow_spinning == "alone" and rt.spinning else None
+    wide = busy or rt.infer
+    if busy is not None:
+        busy(sample[:1])  # make and warm the twin now, not in the first busy request
     n_lanes = settings.lanes if lanes is None else lanes
     lane_gain: float | None = None
     if n_lanes == 0:
         cores = os.cpu_count() or 1
         if cores > 1:
-            lane_gain = measure_lane_gain(rt.infer, rt.infer_narrow, sample, cores)
+            lane_gain = measure_lane_gain(wide, rt.infer_narrow, sample, cores)
         n_lanes = choose_lanes(lane_gain or 1.0, cores)
         if n_lanes == 1:
             rt.drop_narrow()  # the measure's one-thread session: one lane never uses it
     if policy == "auto":
         if rt.max_batch is None and n > 1:
-            gain = measure_batch_gain(rt.infer, sample, n)
+            gain = measure_batch_gain(wide, sample, n)
             policy = choose_policy(gain)
         else:
             policy = "off"
@@ -137,6 +143,7 @@ def start_model(
         on_depth=metrics.queue_depth.labels(ref).set if metrics else None,
         lanes=n_lanes,
         infer_narrow=rt.infer_narrow if n_lanes > 1 else None,
+        infer_busy=busy,
     ).start()
     log.info("loaded %s: batch policy %s (measured gain %s), %d lane(s) (measured gain %s)",
              ref, policy, gain, n_lanes, lane_gain)

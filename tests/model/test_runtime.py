@@ -324,6 +324,27 @@ def test_infer_narrow_is_a_one_thread_session_with_the_same_outputs(graphs: Any)
     np.testing.assert_array_equal(rt.infer_narrow(x)["detections"], wide["detections"])
 
 
+def test_infer_quiet_runs_on_a_non_spinning_twin_only_when_the_runtime_spins(graphs: Any) -> None:
+    x = np.random.default_rng(1).random((2, 3, 48, 64), dtype=np.float32)
+    onnx = graphs.make_mean_box_model(width=64, height=48)
+    sp = spec(input_width=64, input_height=48)
+    spinning = Runtime(onnx, sp, intra_op_threads=2, allow_spinning=True)
+    assert spinning.spinning and spinning._quiet is None
+    np.testing.assert_array_equal(spinning.infer_quiet(x)["detections"],
+                                  spinning.infer(x)["detections"])
+    opts = spinning._quiet.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == 2  # every thread, as the main session
+    main = spinning._session.get_session_options()
+    assert main.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # no spinning, or one thread (no pool to spin): the main session, no twin
+    for rt in (Runtime(onnx, sp, intra_op_threads=2, allow_spinning=False),
+               Runtime(onnx, sp, intra_op_threads=1, allow_spinning=True)):
+        assert not rt.spinning
+        np.testing.assert_array_equal(rt.infer_quiet(x)["detections"], rt.infer(x)["detections"])
+        assert rt._quiet is None
+
+
 def test_importing_detops_model_loads_neither_onnxruntime_nor_torch() -> None:
     code = (
         "import sys, detops.model as m; assert 'onnxruntime' not in sys.modules; "

@@ -118,11 +118,15 @@ def test_health_ready_and_models(server):
     assert (m["lanes"], m["lane_gain"]) == (1, None)  # fixed by the test's settings
 
 
-@pytest.mark.parametrize("policy", ["off", "greedy"])
-def test_two_lanes_answer_concurrent_requests_each_with_its_own_result(running_server, policy):
+@pytest.mark.parametrize(("policy", "spinning"), [("off", False), ("greedy", False),
+                                                  ("off", "alone")])
+def test_two_lanes_answer_concurrent_requests_each_with_its_own_result(
+    running_server, policy, spinning
+):
     from concurrent.futures import ThreadPoolExecutor
 
-    server = running_server({"serve.lanes": 2, "serve.batch_policy": policy})
+    server = running_server({"serve.lanes": 2, "serve.batch_policy": policy,
+                             "serve.allow_spinning": spinning})
     [m] = server.client.get("/v1/models").json()
     assert m["lanes"] == 2
     images = [image_bytes(64, 48, "PNG", value=v) for v in range(20, 240, 11)]

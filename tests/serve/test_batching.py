@@ -226,6 +226,60 @@ def test_a_lone_run_takes_the_full_session_and_a_second_one_the_narrow_one_besid
     b.close()
 
 
+def test_spinning_alone_runs_a_lone_request_on_the_spinning_session_and_load_on_its_twin():
+    used: list[str] = []
+
+    def runner(name):
+        def infer(batch):
+            used.append(name)
+            return rowsum(batch)
+        return infer
+
+    b = Batcher(runner("spin"), name="m", policy="off", infer_busy=runner("quiet")).start()
+    x = np.ones((1, 2, 2), np.float32)
+    b.announce()  # the request itself, being decoded
+    assert b.try_direct(x) is not None and used == ["spin"]
+    b.announce()  # a second request on its way: the server is not this request's alone
+    assert b.try_direct(x) is not None and used[-1] == "quiet"
+    b.unannounce()
+    b.unannounce()
+
+    async def queued():  # a job that waited in the queue ran under load
+        return await b.submit(x, timeout_s=5)
+
+    assert float(run(queued()).outputs["sum"][0]) == 4.0 and used[-1] == "quiet"
+    assert b.try_direct(x) is not None and used[-1] == "spin"  # alone again
+    b.close()
+
+
+def test_spinning_alone_with_lanes_runs_beside_another_on_the_narrow_session():
+    inside, release = threading.Event(), threading.Event()
+    used: list[str] = []
+
+    def spin(batch):
+        used.append("spin")
+        inside.set()
+        release.wait(10)
+        return rowsum(batch)
+
+    def named(name):
+        def infer(batch):
+            used.append(name)
+            return rowsum(batch)
+        return infer
+
+    b = Batcher(spin, name="m", policy="off", lanes=2, infer_narrow=named("narrow"),
+                infer_busy=named("quiet")).start()
+    x = np.ones((1, 2, 2), np.float32)
+    t = threading.Thread(target=b.try_direct, args=(x,))
+    t.start()
+    assert inside.wait(5)
+    assert b.try_direct(x) is not None and used == ["spin", "narrow"]
+    release.set()
+    t.join(5)
+    b.close()
+
+
 def test_with_every_lane_busy_a_request_is_queued_not_run():
     release = threading.Event()
     running = threading.Semaphore(0)

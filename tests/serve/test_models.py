@@ -153,3 +153,30 @@ def test_measured_lanes_keep_the_one_thread_session_only_when_used(monkeypatch, 
         assert (rt._narrow is not None) == (lanes > 1)  # one lane: its memory handed back
     finally:
         lm.batcher.close()
+
+
+@pytest.mark.parametrize("mode", ["alone", True, False])
+def test_spinning_alone_gives_the_batcher_a_quiet_twin_measured_and_warmed(monkeypatch, mode):
+    import detops.serve.models as models_module
+    from detops.config import ServeSettings
+    from detops.model.runtime import Runtime
+    from detops.model.spec import ModelSpec
+    from tests.serve.conftest import mean_box_onnx
+
+    monkeypatch.setattr(models_module.os, "cpu_count", lambda: 2)
+    measured: list[object] = []
+    monkeypatch.setattr(models_module, "measure_lane_gain",
+                        lambda wide, narrow, sample, n: measured.append(wide) or 1.0)
+    rt = Runtime(mean_box_onnx(), ModelSpec(**spec()), intra_op_threads=2,
+                 allow_spinning=bool(mode))
+    settings = ServeSettings(lanes=0, batch_policy="off", allow_spinning=mode)
+    lm = models_module.start_model("det", 1, rt, settings)
+    try:
+        if mode == "alone":
+            assert lm.batcher._infer_busy == rt.infer_quiet and measured == [rt.infer_quiet]
+            assert rt._quiet is not None  # made and warmed before the first request
+        else:  # spinning everywhere or nowhere: one full session
+            assert lm.batcher._infer_busy is None and measured == [rt.infer]
+            assert rt._quiet is None
+    finally:
+        lm.batcher.close()
