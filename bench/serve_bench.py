@@ -337,9 +337,10 @@ def main() -> None:
             if old is None or res.p50_ms < old[0].p50_ms:
                 # the ratio pairs the server's best round with the baseline of that round
                 spin[spinning] = (res, min(cpu_ms, old[1]) if old else cpu_ms, b1)
-    # prefer the setting with less CPU per request unless it is >5% slower at p50
+    # "alone" when its p50 is >= 5% lower: the CPU it spins away at c=1 is idle CPU (under
+    # load it does not spin, and the c=8 rows below run with the setting chosen here)
     off, on = spin[False], spin[True]
-    use_spin = on[0].p50_ms < off[0].p50_ms * 0.95 and on[1] <= off[1] * 1.05
+    use_spin = on[0].p50_ms <= off[0].p50_ms * 0.95
     chosen = spin[use_spin]
     spin_mode = SPIN[use_spin]
     results["spinning"] = {

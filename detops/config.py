@@ -99,8 +99,10 @@ class ServeSettings(_Section):
     )
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
+    # "alone" by default: bench/serve_bench.py measured c=1 p50 7.83-7.87 ms against 8.27-9.19
+    # with spinning off (2 cores); its c=8 runs use the non-spinning twin
     allow_spinning: bool | Literal["alone"] = Field(
-        False,
+        "alone",
         description="ONNX Runtime threads spin while waiting for work: lower latency, more CPU; "
         "alone: only in runs of a request that has the server to itself (under load a second, "
         "non-spinning session serves)",
@@ -193,7 +195,7 @@ serve:
   lanes: 0               # runs at once per model version; 0 = one per core if measured faster
   timeout_ms: 10000      # per-request deadline
   intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core
-  allow_spinning: false  # false | true | alone (spin only for a request that is alone)
+  allow_spinning: alone  # false | true | alone (spin only for a request that is alone)
   body_limit_mb: 20
   max_pixels: 40000000   # checked from the image header, before decoding
   # Bearer token for anything that changes state (env DETOPS_SERVE_TOKEN keeps it out of files).
