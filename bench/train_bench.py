@@ -38,6 +38,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="any other TrainConfig field, e.g. --set box_weight=2 (repeatable)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -84,7 +86,18 @@ def main() -> int:
         kw["eval_every"] = args.eval_every
     if args.workers is not None:
         kw["workers"] = args.workers
-    cfg = TrainConfig(**kw)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected FIELD=JSON")
+        try:
+            kw[name] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[name] = value  # a bare word, e.g. --set amp=fp32
+    try:
+        cfg = TrainConfig(**kw)
+    except TypeError as e:
+        ap.error(f"--set: {e}")
 
     def on_epoch(m) -> None:
         print(f"  epoch {m.epoch:3d} loss {m.loss:.3f} lr {m.lr:.5f} {m.seconds:5.1f}s "

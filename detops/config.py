@@ -100,7 +100,8 @@ class ServeSettings(_Section):
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
     # "alone" by default: bench/serve_bench.py measured c=1 p50 7.83-7.87 ms against 8.27-9.19
-    # with spinning off (2 cores); its c=8 runs use the non-spinning twin
+    # with spinning off, and in a second run 6.86-7.08 against 8.46-8.53 (2 cores); under load
+    # the non-spinning twin serves
     allow_spinning: bool | Literal["alone"] = Field(
         "alone",
         description="ONNX Runtime threads spin while waiting for work: lower latency, more CPU; "
