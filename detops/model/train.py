@@ -38,6 +38,11 @@ epochs at the floor learning rate when the plan grew. When the budget runs out m
 epoch is cut short, evaluated and saved. The final evaluation is kept inside the budget: the
 plan and the mid-epoch cut leave room for it, as long as the last evaluation took.
 A budgeted run depends on timing, so it is not bit-reproducible; without a budget it is.
+
+Progressive resizing: the first half of the planned steps (``warm_fraction``) train on a copy of
+the training images resized once to ``warm_imgsz`` (antialiased; 256 px for 320), whose steps
+cost ~0.7x; the rest, and every validation, run at ``imgsz``. The phase follows the plan, so a
+budgeted run re-planned after an epoch switches at half of the new plan.
 """
 
 from __future__ import annotations
@@ -124,6 +129,14 @@ class TrainConfig:
     contrast: float = 0.2  # +- fraction
     scale_jitter: float = 0.0  # +- fraction (0 with translate 0: flip without resampling)
     translate: float = 0.0  # +- fraction of the image size
+    # progressive resizing: the first ``warm_fraction`` of the planned steps train on the
+    # images resized to ``warm_imgsz`` (cheaper per image); validation stays at ``imgsz``.
+    # None: 0.8 x imgsz rounded down to a multiple of 32 (256 for 320) when imgsz >= 160,
+    # else off; 0: off. Measured in bench/train_bench.py (10-minute budget, back to back with
+    # the same run at 320 throughout): 256 px epochs took 46-55 s instead of 65-75 s, and val
+    # mAP@0.5 / mAP reached 0.910 / 0.725 instead of 0.891 / 0.705.
+    warm_imgsz: int | None = None
+    warm_fraction: float = 0.5
     # model shape
     model: dict[str, Any] = field(default_factory=dict)  # DetectorConfig overrides
     eval_score_threshold: float = 0.01
@@ -134,6 +147,17 @@ class TrainConfig:
             raise ConfigError(
                 f"TrainConfig: need epochs >= 1, batch >= 1 and imgsz a multiple of 32 "
                 f"(got epochs={self.epochs}, batch={self.batch}, imgsz={self.imgsz})"
+            )
+        if self.warm_imgsz is None:
+            auto = int(self.imgsz * 0.8) // 32 * 32
+            self.warm_imgsz = auto if self.imgsz >= 160 else 0
+        if self.warm_imgsz and not (
+            self.warm_imgsz % 32 == 0 and 0 < self.warm_imgsz < self.imgsz
+            and 0.0 < self.warm_fraction < 1.0
+        ):
+            raise ConfigError(
+                f"TrainConfig: warm_imgsz={self.warm_imgsz} needs a multiple of 32 below imgsz "
+                f"({self.imgsz}) and 0 < warm_fraction < 1 (got {self.warm_fraction})"
             )
         if self.amp not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"TrainConfig: amp={self.amp!r}; use 'auto', 'bf16' or 'fp32'")
@@ -221,6 +245,20 @@ def load_images(ds: Dataset, imgsz: int, annotator: str | None, threads: int = 2
         labels.append(torch.tensor([a.category_id for a in anns], dtype=torch.int64))
         scales.append((1 / sx, 1 / sy))
     return _Images(pixels, boxes, labels, np.asarray(scales, np.float64).reshape(-1, 2))
+
+
+def resized(images: _Images, size: int, chunk: int = 256) -> _Images:
+    """``images`` resized to ``size`` x ``size`` (antialiased bilinear), boxes scaled alike."""
+    n, _, h, w = images.pixels.shape
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    for i in range(0, n, chunk):
+        x = images.pixels[i:i + chunk].float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+        out[i:i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    k = torch.tensor([size / w, size / h, size / w, size / h])
+    scale = images.scale * np.array([w / size, h / size])
+    return _Images(out, [b * k for b in images.boxes], list(images.labels), scale)
 
 
 _MEAN = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
@@ -543,6 +581,7 @@ def train(
 
     tr = load_images(train_ds, cfg.imgsz, annotator)
     va = load_images(val_ds, cfg.imgsz, annotator)
+    warm = resized(tr, cfg.warm_imgsz) if cfg.warm_imgsz else None
     n = tr.pixels.shape[0]
     steps_per_epoch = max(1, n // cfg.batch)  # drop the last partial batch (BN, speed)
 
@@ -572,12 +611,13 @@ def train(
         elapsed0 = state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
 
-    def share(r: int, ids: np.ndarray, gen: torch.Generator) -> float:
-        """Replica ``r``'s forward + backward on images ``ids``; returns its loss."""
-        x, bxs, lbs = _augment(tr.pixels[ids], [tr.boxes[i] for i in ids],
-                               [tr.labels[i] for i in ids], cfg, gen)
+    def share(r: int, ids: np.ndarray, gen: torch.Generator, src: _Images) -> float:
+        """Replica ``r``'s forward + backward on images ``ids`` of ``src``; returns its loss."""
+        x, bxs, lbs = _augment(src.pixels[ids], [src.boxes[i] for i in ids],
+                               [src.labels[i] for i in ids], cfg, gen)
+        size = (src.pixels.shape[2], src.pixels.shape[3])
         with _threads(1):  # small per-box tensors: threads cost more than they save
-            tg = build_targets(bxs, lbs, nc, (cfg.imgsz, cfg.imgsz), model_cfg.stride)
+            tg = build_targets(bxs, lbs, nc, size, model_cfg.stride)
         heat, ltrb = works[r](x.contiguous(memory_format=torch.channels_last).to(dtype))
         loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight)
         works[r].zero_grad(set_to_none=True)
@@ -608,8 +648,9 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            part_losses = (list(pool.map(share, range(n_rep), parts, gens)) if pool
-                           else [share(0, parts[0], gens[0])])
+            src = tr if warm is None or step >= cfg.warm_fraction * planned_steps else warm
+            part_losses = (list(pool.map(share, range(n_rep), parts, gens, [src] * n_rep))
+                           if pool else [share(0, parts[0], gens[0], src)])
             if separate:
                 _mean_grads(model, works)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

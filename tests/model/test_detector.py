@@ -211,6 +211,64 @@ def test_bad_parallel_and_ema_settings_are_refused(tiny_data, tmp_path: Path, kw
         train(train_ds, val_ds, tiny_config(**kw), out_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [{"warm_imgsz": 48}, {"warm_imgsz": 64, "warm_fraction": 0.5},
+     {"warm_imgsz": 32, "warm_fraction": 1.0}],
+)
+def test_bad_progressive_resizing_settings_are_refused(kw):
+    from detops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"warm_imgsz={kw['warm_imgsz']}"):
+        tiny_config(**kw)
+
+
+def test_progressive_resizing_defaults_to_four_fifths_of_the_size_on_a_32_grid():
+    assert TrainConfig().warm_imgsz == 256  # imgsz 320
+    assert TrainConfig(imgsz=640).warm_imgsz == 512
+    assert TrainConfig(imgsz=128).warm_imgsz == 0  # too small to be worth it: off
+    assert TrainConfig(warm_imgsz=0).warm_imgsz == 0
+
+
+def test_resized_images_keep_colours_and_scale_boxes() -> None:
+    from detops.model.train import _Images, resized
+
+    pixels = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    pixels[0, :, :, :32] = 200  # left half bright
+    pixels[1] = 77
+    imgs = _Images(pixels, [torch.tensor([[8.0, 16.0, 40.0, 48.0]]), torch.zeros(0, 4)],
+                   [torch.tensor([1]), torch.zeros(0, dtype=torch.int64)],
+                   np.array([[2.0, 2.0], [1.0, 1.0]]))
+    small = resized(imgs, 32)
+    assert small.pixels.shape == (2, 3, 32, 32) and small.pixels.dtype == torch.uint8
+    assert (small.pixels[1] == 77).all()
+    assert (small.pixels[0, :, :, :15] == 200).all() and (small.pixels[0, :, :, 17:] == 0).all()
+    assert small.boxes[0].tolist() == [[4.0, 8.0, 20.0, 24.0]] and small.boxes[1].shape == (0, 4)
+    # original pixels per input pixel double: predictions still map back to the original image
+    np.testing.assert_allclose(small.scale, [[4.0, 4.0], [2.0, 2.0]])
+
+
+def test_progressive_resizing_trains_the_first_steps_small(tiny_data, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from detops.model import train as train_mod
+
+    sizes: list[tuple[int, int]] = []
+    real = train_mod.build_targets
+
+    def recording(boxes, labels, nc, size, stride=4, **kw):
+        sizes.append(tuple(size))
+        assert all(float(b.max()) <= size[1] for b in boxes if b.numel())  # boxes scaled too
+        return real(boxes, labels, nc, size, stride, **kw)
+
+    monkeypatch.setattr(train_mod, "build_targets", recording)
+    train_ds, val_ds = tiny_data
+    r = train(train_ds, val_ds, tiny_config(epochs=4, eval_every=4, replicas=1, warm_imgsz=32,
+                                            warm_fraction=0.5), out_dir=tmp_path)
+    # 8 steps (2 per epoch): the first half on 32 px images, the rest on 64 px
+    assert sizes == [(32, 32)] * 4 + [(64, 64)] * 4
+    assert r.epochs[-1].ap is not None
+
+
 def test_same_seed_same_losses_and_weights(tiny_data, tmp_path: Path) -> None:
     train_ds, val_ds = tiny_data
     a = train(train_ds, val_ds, tiny_config(epochs=2, eval_every=10), out_dir=tmp_path / "a")
