@@ -648,7 +648,9 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            src = tr if warm is None or step >= cfg.warm_fraction * planned_steps else warm
+            if warm is not None and step >= cfg.warm_fraction * planned_steps:
+                warm = None  # full size from here on (even if a later plan grows): free the copy
+            src = tr if warm is None else warm
             part_losses = (list(pool.map(share, range(n_rep), parts, gens, [src] * n_rep))
                            if pool else [share(0, parts[0], gens[0], src)])
             if separate:
