@@ -191,7 +191,7 @@ class Runtime:
         except Exception as e:  # onnxruntime raises its own untyped exceptions
             raise ModelError(f"{source}: not a loadable ONNX model: {e}") from e
         self._narrow: Any = None  # a one-thread session, made by infer_narrow on first use
-        self._narrow_lock = threading.Lock()
+        self._sessions_lock = threading.Lock()  # guards the lazily made sessions
         self._threads = (intra_op_threads, inter_op_threads)
         self._quiet: Any = None  # a non-spinning full session, made by infer_quiet (spinning)
 
@@ -275,7 +275,7 @@ class Runtime:
         """:meth:`infer` on a second session with one intra-op thread, for running several
         batches at once (one per core) instead of one batch on every core."""
         if self._narrow is None:
-            with self._narrow_lock:
+            with self._sessions_lock:
                 if self._narrow is None:
                     self._narrow = self._new_session(1, 1)
         return self._infer_with(self._narrow, batch)
@@ -283,7 +283,7 @@ class Runtime:
     def drop_narrow(self) -> None:
         """Free the one-thread session (a lane-gain measure made it and one lane was chosen);
         :meth:`infer_narrow` would make it again."""
-        with self._narrow_lock:
+        with self._sessions_lock:
             self._narrow = None
 
     def infer_quiet(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -294,7 +294,7 @@ class Runtime:
         if not self.spinning:
             return self._infer_with(self._session, batch)
         if self._quiet is None:
-            with self._narrow_lock:
+            with self._sessions_lock:
                 if self._quiet is None:
                     self._quiet = self._new_session(*self._threads, spinning=False)
         return self._infer_with(self._quiet, batch)

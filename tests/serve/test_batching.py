@@ -196,22 +196,27 @@ def test_an_idle_model_runs_a_request_directly_and_a_busy_one_queues_it():
 # -- lanes ------------------------------------------------------------------------------------
 
 
+def recording(used: list[str], name: str, inside: threading.Event | None = None,
+              release: threading.Event | None = None):
+    """A runner that appends ``name`` to ``used`` and, given events, signals ``inside`` and
+    holds until ``release``."""
+
+    def infer(batch):
+        used.append(name)
+        if inside is not None and release is not None:
+            inside.set()
+            release.wait(10)
+        return rowsum(batch)
+
+    return infer
+
+
 def test_a_lone_run_takes_the_full_session_and_a_second_one_the_narrow_one_beside_it():
     inside = threading.Event()
     release = threading.Event()
     used: list[str] = []
-
-    def wide(batch):
-        used.append("wide")
-        inside.set()
-        release.wait(10)
-        return rowsum(batch)
-
-    def narrow(batch):
-        used.append("narrow")
-        return rowsum(batch)
-
-    b = Batcher(wide, name="m", policy="off", lanes=2, infer_narrow=narrow).start()
+    b = Batcher(recording(used, "wide", inside, release), name="m", policy="off", lanes=2,
+                infer_narrow=recording(used, "narrow")).start()
     x = np.ones((1, 2, 2), np.float32)
     first: list = []
     t = threading.Thread(target=lambda: first.append(b.try_direct(x)))
@@ -228,14 +233,8 @@ def test_a_lone_run_takes_the_full_session_and_a_second_one_the_narrow_one_besid
 
 def test_spinning_alone_runs_a_lone_request_on_the_spinning_session_and_load_on_its_twin():
     used: list[str] = []
-
-    def runner(name):
-        def infer(batch):
-            used.append(name)
-            return rowsum(batch)
-        return infer
-
-    b = Batcher(runner("spin"), name="m", policy="off", infer_busy=runner("quiet")).start()
+    b = Batcher(recording(used, "spin"), name="m", policy="off",
+                infer_busy=recording(used, "quiet")).start()
     x = np.ones((1, 2, 2), np.float32)
     b.announce()  # the request itself, being decoded
     assert b.try_direct(x) is not None and used == ["spin"]
@@ -255,21 +254,9 @@ def test_spinning_alone_runs_a_lone_request_on_the_spinning_session_and_load_on_
 def test_spinning_alone_with_lanes_runs_beside_another_on_the_narrow_session():
     inside, release = threading.Event(), threading.Event()
     used: list[str] = []
-
-    def spin(batch):
-        used.append("spin")
-        inside.set()
-        release.wait(10)
-        return rowsum(batch)
-
-    def named(name):
-        def infer(batch):
-            used.append(name)
-            return rowsum(batch)
-        return infer
-
-    b = Batcher(spin, name="m", policy="off", lanes=2, infer_narrow=named("narrow"),
-                infer_busy=named("quiet")).start()
+    b = Batcher(recording(used, "spin", inside, release), name="m", policy="off", lanes=2,
+                infer_narrow=recording(used, "narrow"), infer_busy=recording(used, "quiet")
+                ).start()
     x = np.ones((1, 2, 2), np.float32)
     t = threading.Thread(target=b.try_direct, args=(x,))
     t.start()
