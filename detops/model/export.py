@@ -13,7 +13,11 @@ Parity (:func:`parity_check`) compares, on the same preprocessed images:
    because equal scores may legitimately come out of ``TopK`` in a different order;
 2. the top-K score column, sorted per image (order-free): max abs diff <= ``atol``;
 3. the detections after post-processing (score threshold + per-class NMS, as the runtime
-   does): same count and classes, scores within ``atol``, boxes within ``box_tol`` pixels.
+   does): every detection matched to one of the same class with score within ``atol`` and box
+   within ``box_tol`` pixels. Only a borderline detection may go unmatched: its score within
+   ``atol`` of the threshold, its IoU with a stronger box of its class within 1e-3 of the NMS
+   threshold, or suppressed (or not) by such a box. Counts alone would flip on a score of
+   0.05000 against 0.04999, which a model with many low scores (early in training) produces.
 
 A failure raises :class:`detops.errors.ParityError` naming the tensor, the max abs diff and
 the tolerance.
@@ -140,6 +144,92 @@ def _session_with_heads(onnx_path: Path) -> tuple[object, list[str]]:
     return sess, extra
 
 
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    b = boxes.astype(np.float64)
+    iw = np.clip(np.minimum(box[2], b[:, 2]) - np.maximum(box[0], b[:, 0]), 0.0, None)
+    ih = np.clip(np.minimum(box[3], b[:, 3]) - np.maximum(box[1], b[:, 1]), 0.0, None)
+    inter = iw * ih
+    area = max(float(box[2] - box[0]), 0.0) * max(float(box[3] - box[1]), 0.0)
+    union = area + np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _borderline(rows: np.ndarray, threshold: float, nms_iou: float, atol: float,
+                iou_tol: float) -> np.ndarray:
+    """Which of one image's graph rows may be kept by one runtime and dropped by the other.
+
+    Two runtimes within ``atol`` of each other can still disagree on a detection whose score
+    sits within ``atol`` of the score threshold, on one whose IoU with a higher-scored box of its
+    class sits within ``iou_tol`` of the NMS threshold, and on one that a box of the first two
+    kinds may or may not suppress (a cascade; resolved to a fixpoint). Anything else must match.
+    """
+    n = len(rows)
+    flag = np.abs(rows[:, 4] - threshold) <= atol
+    ious = np.stack([_iou(rows[k, :4], rows[:, :4]) for k in range(n)]) if n else np.zeros((0, 0))
+    # q may suppress r: same class, q scored higher (or within atol: ties may order either way)
+    above = ((rows[:, None, 5] == rows[None, :, 5])
+             & (rows[:, None, 4] >= rows[None, :, 4] - atol) & ~np.eye(n, dtype=bool))
+    near = above & (np.abs(ious - nms_iou) <= iou_tol)
+    flag |= near.any(0)
+    reach = above & (ious > nms_iou - iou_tol)
+    while True:
+        more = flag | (reach & flag[:, None]).any(0)
+        if (more == flag).all():
+            return flag
+        flag = more
+
+
+def _compare_post(a_rows: np.ndarray, b_rows: np.ndarray, threshold: float, nms_iou: float,
+                  atol: float, box_tol: float, *, where: str) -> tuple[int, float, float]:
+    """Match PyTorch's post-processed detections (``a``) to ONNX Runtime's (``b``) of one image.
+
+    Returns (detections matched, worst box diff in px, worst score diff). A detection with no
+    counterpart is an error unless it is borderline on its own side (see :func:`_borderline`).
+    """
+    from detops.model.train import postprocess
+
+    a = postprocess(a_rows, threshold, nms_iou)
+    b = postprocess(b_rows, threshold, nms_iou)
+    # candidates within atol below the threshold may be kept by the other runtime
+    lo = threshold - atol
+    iou_tol = 1e-3
+    cand_a, cand_b = a_rows[a_rows[:, 4] >= lo], b_rows[b_rows[:, 4] >= lo]
+    border_a = _borderline(cand_a, threshold, nms_iou, atol, iou_tol)
+    border_b = _borderline(cand_b, threshold, nms_iou, atol, iou_tol)
+
+    def is_border(row: np.ndarray, cand: np.ndarray, border: np.ndarray) -> bool:
+        same = np.flatnonzero((cand[:, 5] == row[5]) & (np.abs(cand[:, :4] - row[:4]).max(1) == 0)
+                              & (cand[:, 4] == row[4]))
+        return bool(same.size and border[same].any())
+
+    used = np.zeros(len(b), bool)
+    worst_box = worst_score = 0.0
+    matched = 0
+    for row in a:
+        cand = np.flatnonzero((b[:, 5] == row[5]) & ~used)
+        err = np.abs(b[cand, :4] - row[:4]).max(1) if cand.size else np.zeros(0)
+        if cand.size == 0 or err.min() > box_tol:
+            if is_border(row, cand_a, border_a):
+                continue
+            raise ParityError(
+                f"{where}: a class-{int(row[5])} detection of PyTorch (score {row[4]:.4f}, box "
+                f"{np.round(row[:4], 1).tolist()}) has no counterpart in ONNX Runtime after score "
+                f"threshold {threshold} + NMS ({len(b)} detections there, {len(a)} from PyTorch)")
+        j = cand[int(np.argmin(err))]
+        used[j] = True
+        matched += 1
+        worst_box = max(worst_box, float(err.min()))
+        worst_score = max(worst_score, abs(float(b[j, 4] - row[4])))
+    for j in np.flatnonzero(~used):
+        if not is_border(b[j], cand_b, border_b):
+            raise ParityError(
+                f"{where}: a class-{int(b[j, 5])} detection of ONNX Runtime (score "
+                f"{b[j, 4]:.4f}, box {np.round(b[j, :4], 1).tolist()}) has no counterpart in "
+                f"PyTorch after score threshold {threshold} + NMS ({len(b)} detections there, "
+                f"{len(a)} from PyTorch)")
+    return matched, worst_box, worst_score
+
+
 def parity_check(
     model: Detector,
     onnx_path: str | os.PathLike[str],
@@ -155,8 +245,6 @@ def parity_check(
 
     See the module docstring for what is compared and why.
     """
-    from detops.model.train import postprocess
-
     path = Path(onnx_path)
     x = preprocess(images, imgsz)
     graph = _graph_module(model, top_k=100)
@@ -191,26 +279,11 @@ def parity_check(
     n_det = 0
     worst_box = 0.0
     for i in range(len(images)):
-        a = postprocess(dets_t[i], score_threshold, nms_iou)
-        b = postprocess(dets_o[i], score_threshold, nms_iou)
-        if len(a) != len(b):
-            raise ParityError(
-                f"{path}: image {i}: {len(b)} detections from ONNX Runtime after score "
-                f"threshold {score_threshold} + NMS, {len(a)} from PyTorch"
-            )
-        # match each torch detection to the nearest ONNX one of the same class
-        used = np.zeros(len(b), bool)
-        for row in a:
-            cand = np.flatnonzero((b[:, 5] == row[5]) & ~used)
-            if cand.size == 0:
-                raise ParityError(f"{path}: image {i}: a class-{int(row[5])} detection of "
-                                  "PyTorch has no counterpart in ONNX Runtime")
-            err = np.abs(b[cand, :4] - row[:4]).max(1)
-            j = cand[int(np.argmin(err))]
-            used[j] = True
-            worst_box = max(worst_box, float(err.min()))
-            diffs["post.score"] = max(diffs.get("post.score", 0.0), abs(float(b[j, 4] - row[4])))
-        n_det += len(a)
+        n, box, score = _compare_post(dets_t[i], dets_o[i], score_threshold, nms_iou, atol,
+                                      box_tol, where=f"{path}: image {i}")
+        n_det += n
+        worst_box = max(worst_box, box)
+        diffs["post.score"] = max(diffs.get("post.score", 0.0), score)
     diffs["post.box_px"] = worst_box
     if worst_box > box_tol:
         raise ParityError(f"{path}: post-processed boxes differ by up to {worst_box:.3g} px > "

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from detops.errors import ParityError
 from detops.model.detector import Detector, DetectorConfig, DetectorGraph, spec_dict
-from detops.model.export import export_onnx, parity_check, preprocess
+from detops.model.export import _compare_post, export_onnx, parity_check, preprocess
 from detops.model.spec import ModelSpec
 
 TINY = {"widths": (8, 16, 16, 16), "depths": (0, 1, 0, 0), "stem": 8, "neck": 8, "head": 8}
@@ -92,6 +92,50 @@ def test_parity_check_catches_a_broken_export(
     msg = r"heat_logits: max \|diff\| [0-9.e-]+ > tolerance 0.0001"
     with pytest.raises(ParityError, match=msg):
         parity_check(model, broken, _images(2), imgsz=SIZE)
+
+
+def _rows(*rows: tuple[float, ...]) -> np.ndarray:
+    return np.array(rows, np.float32).reshape(-1, 6)
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> tuple[int, float, float]:
+    return _compare_post(a, b, 0.05, 0.5, 1e-4, 0.5, where="img")
+
+
+def test_post_parity_forgives_a_score_on_the_threshold() -> None:
+    # 0.05000 in PyTorch, 0.04999 in ONNX Runtime: kept by one, dropped by the other
+    a = _rows((0, 0, 10, 10, 0.9, 1), (40, 40, 50, 50, 0.05000, 2))
+    b = _rows((0, 0, 10, 10, 0.90002, 1), (40, 40, 50, 50, 0.04999, 2))
+    assert _compare(a, b) == (1, 0.0, pytest.approx(2e-5, abs=1e-6))
+    assert _compare(b, a)[0] == 1
+
+
+def test_post_parity_forgives_an_iou_on_the_nms_threshold_and_its_cascade() -> None:
+    # B's IoU with A is 0.5 + 1e-4 in PyTorch (suppressed) and 0.5 - 1e-4 in ONNX Runtime
+    # (kept, and then B suppresses C, which PyTorch kept): both unmatched rows are borderline
+    def shifted(iou: float) -> float:  # box [d, 0, 10 + d, 10] vs [0, 0, 10, 10] has this IoU
+        return 10 * (1 - iou) / (1 + iou)
+
+    a = _rows((0, 0, 10, 10, 0.9, 1), (shifted(0.5001), 0, 10 + shifted(0.5001), 10, 0.8, 1),
+              (4.5, 0, 14.5, 10, 0.7, 1))  # IoU 0.38 with A, 0.82 with B
+    b = a.copy()
+    b[1, [0, 2]] = shifted(0.4999), 10 + shifted(0.4999)
+    matched, box, _ = _compare(a, b)
+    assert matched == 1 and box == 0.0  # A matched; B (ORT only) and C (torch only) borderline
+
+
+def test_post_parity_still_catches_a_clear_extra_detection() -> None:
+    a = _rows((0, 0, 10, 10, 0.9, 1))
+    b = _rows((0, 0, 10, 10, 0.9, 1), (40, 40, 50, 50, 0.3, 2))
+    with pytest.raises(ParityError, match=r"img: a class-2 detection of ONNX Runtime \(score "
+                       r"0.3000.*no counterpart in PyTorch"):
+        _compare(a, b)
+    with pytest.raises(ParityError, match="class-2 detection of PyTorch"):
+        _compare(b, a)
+    moved = b.copy()
+    moved[1, :4] += 2.0  # same class and score, box 2 px away: not a counterpart
+    with pytest.raises(ParityError, match="no counterpart"):
+        _compare(b, moved)
 
 
 def test_spec_dict_is_a_valid_runtime_spec() -> None:
