@@ -64,6 +64,25 @@ def test_forward_shapes(nc: int, size: int, batch: int) -> None:
     assert (dets[..., 4][:, :-1] >= dets[..., 4][:, 1:]).all()  # sorted by score
 
 
+@pytest.mark.parametrize("block", ["dw", "dense"])
+def test_both_block_kinds_build_the_same_outputs_and_read_back(block: str) -> None:
+    cfg = DetectorConfig(num_classes=3, block=block, **TINY)
+    model = Detector(cfg).eval()
+    convs = [m for m in model.stages.modules() if isinstance(m, torch.nn.Conv2d)]
+    depthwise = [m for m in convs if m.groups > 1]
+    assert bool(depthwise) == (block == "dw")  # dense: no grouped convolution anywhere
+    heat, ltrb = model(torch.randn(2, 3, 64, 64))
+    assert heat.shape == (2, 3, 16, 16) and ltrb.shape == (2, 4, 16, 16)
+    assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "block"}  # written before the field
+    assert DetectorConfig.from_dict(old).block == "dw"
+
+
+def test_an_unknown_block_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="DetectorConfig.block: expected 'dw' or 'dense', got 'x'"):
+        Detector(DetectorConfig(num_classes=1, block="x", **TINY))
+
+
 def test_heat_bias_starts_at_focal_prior() -> None:
     model = Detector(DetectorConfig(num_classes=2, **TINY)).eval()
     heat, _ = model(torch.zeros(1, 3, 64, 64))
