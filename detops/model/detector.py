@@ -98,8 +98,8 @@ class DetectorConfig:
     # depthwise one a memory-bound pass: forward + backward of 8 images at 320 (one thread)
     # cost 17.3 ms per image for this 641k-parameter dense network against 26-28 ms for the
     # 515k-parameter depthwise one (widths 32/64/128/192, depths 2/2/3/2). 10 minutes in
-    # bench/train_bench.py: val mAP@0.5 / mAP 0.938 / 0.762 (12 epochs) against 0.914-0.922 /
-    # 0.726-0.741 (10 epochs); ONNX Runtime 6.5 against 5.5 ms per image.
+    # bench/train_bench.py: val mAP@0.5 / mAP 0.938 / 0.762 and 0.940 / 0.762 (12 epochs, two
+    # runs) against 0.914-0.922 / 0.726-0.741 (10 epochs); ONNX Runtime 4.9-6.5 ms per image.
     block: str = "dense"
 
     def to_dict(self) -> dict[str, Any]:
