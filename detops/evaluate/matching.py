@@ -42,6 +42,16 @@ def iou_matrix(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray | None = Non
     return out
 
 
+def iou_matrix_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`iou_matrix` of ``xyxy`` boxes, ``(A, B)``."""
+
+    def xywh(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(-1, 4)
+        return np.concatenate([x[:, :2], x[:, 2:4] - x[:, :2]], axis=1)
+
+    return iou_matrix(xywh(a), xywh(b))
+
+
 def greedy_match(
     ious: np.ndarray, crowd: np.ndarray, thr: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -144,22 +144,20 @@ class DWBlock(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """Dense 3x3 (stride s) + BN, residual when shapes match, then ReLU."""
+    """Dense 3x3 + BN, plus the input, then ReLU (same width in and out)."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
-                                  nn.BatchNorm2d(cout))
-        self.residual = stride == 1 and cin == cout
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
-        return F.relu(y + x if self.residual else y)
+        return F.relu(self.conv(x) + x)
 
 
 def _block(c: DetectorConfig, width: int) -> nn.Module:
     if c.block == "dense":
-        return DenseBlock(width, width)
+        return DenseBlock(width)
     if c.block == "dw":
         return DWBlock(width, width, act=c.dw_act)
     raise ValueError(f"DetectorConfig.block: expected 'dw' or 'dense', got {c.block!r}")

@@ -61,18 +61,6 @@ def same_input(a: Any, b: Any) -> bool:
     return all(getattr(a, f) == getattr(b, f) for f in _INPUT_FIELDS)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes (the evaluator's, which takes xywh; imported on first use so
-    serving does not load ``detops.evaluate``)."""
-    from detops.evaluate.matching import iou_matrix
-
-    def xywh(x: np.ndarray) -> np.ndarray:
-        x = x.reshape(-1, 4)
-        return np.concatenate([x[:, :2], x[:, 2:4] - x[:, :2]], axis=1)
-
-    return iou_matrix(xywh(a), xywh(b))
-
-
 def _names(labels: np.ndarray, names: Sequence[str]) -> list[str]:
     return [names[i] if 0 <= i < len(names) else str(i) for i in labels.tolist()]
 
@@ -92,7 +80,10 @@ def compare(
     (None when exactly one side has boxes: the mixes are not comparable, the F1 says it).
     """
     ln, cn = _names(live.labels, live_names), _names(candidate.labels, candidate_names)
-    ious = _iou(candidate.boxes.astype(np.float64), live.boxes.astype(np.float64))
+    # the evaluator's IoU, imported here so that serving does not load detops.evaluate
+    from detops.evaluate.matching import iou_matrix_xyxy
+
+    ious = iou_matrix_xyxy(candidate.boxes.astype(np.float64), live.boxes.astype(np.float64))
     used = np.zeros(len(ln), bool)
     matched = 0
     for d in np.argsort(-candidate.scores, kind="stable"):

@@ -134,7 +134,7 @@ def test_post_parity_still_catches_a_clear_extra_detection() -> None:
         _compare(b, a)
     moved = b.copy()
     moved[1, :4] += 2.0  # same class and score, box 2 px away: not a counterpart
-    with pytest.raises(ParityError, match="no counterpart"):
+    with pytest.raises(ParityError, match="nearest of its class is 2 px away > tolerance 0.5 px"):
         _compare(b, moved)
 
 
