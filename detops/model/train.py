@@ -286,16 +286,13 @@ def _augment(
     dx = (2 * u[:, 2] - 1) * cfg.translate * 2  # normalised coords span 2
     dy = (2 * u[:, 3] - 1) * cfg.translate * 2
     if cfg.scale_jitter == 0 and cfg.translate == 0:
-        # flip only: an exact pixel mirror on the uint8 pixels, no resampling (much cheaper);
-        # channels-last from here on, the memory format the network trains in
-        px = pixels.clone()
-        fl = (flip < 0).nonzero().flatten()
-        if fl.numel():
-            px[fl] = px[fl].flip(3)
-        x = px.contiguous(memory_format=torch.channels_last).float()  # 0..255
-        x.mul_(1 / 255.0)
+        # flip only: an exact pixel mirror, no resampling (much cheaper), converted to float
+        # image by image on the way (one pass; fancy-indexed flips cost twice as much)
+        x = torch.empty(b, 3, h, w)  # 0..255, NCHW
+        for i, f in enumerate((flip < 0).tolist()):
+            x[i].copy_(pixels[i].flip(2) if f else pixels[i])
     else:
-        x = pixels.float() / 255.0
+        x = pixels.float()  # bilinear resampling is linear: 0..255 works as well as 0..1
         # forward map (normalised, align_corners=False): u_out = s * f * u_in + d
         theta = torch.zeros(b, 2, 3)
         theta[:, 0, 0] = 1 / (s * flip)
@@ -303,17 +300,26 @@ def _augment(
         theta[:, 1, 1] = 1 / s
         theta[:, 1, 2] = -dy / s
         grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                          align_corners=False).contiguous()
+    # brightness / contrast about the image's mean m, then the network's normalisation:
+    # (clamp((p / 255 - m) * c + m + b, 0, 1) - mean) / std as one multiply-add and one clamp
+    # per (image, channel) row of contiguous NCHW pixels, in place. The same arithmetic on a
+    # channels-last tensor broadcasting [B, 3, 1, 1] took ~4x as long (11.4 vs 2.9 ms for 8
+    # images at 256, one thread): the caller converts to channels-last once, with the dtype.
     bright = (2 * u[:, 4] - 1) * cfg.brightness
     contrast = 1.0 + (2 * u[:, 5] - 1) * cfg.contrast
-    m = x.mean((1, 2, 3), keepdim=True)
-    # clamp((x - m) * c + m + b, 0, 1), then (. - mean) / std: one affine pass + one clamp
-    c = contrast.view(b, 1, 1, 1)
-    mean, std = _MEAN / 255, _STD / 255
-    scale = c / std  # [B, 3, 1, 1]
-    shift = (m * (1 - c) + bright.view(b, 1, 1, 1) - mean) / std
-    x = torch.addcmul(shift, x, scale)
-    x = torch.clamp(x, (0 - mean) / std, (1 - mean) / std)
+    m = x.reshape(b, -1).mean(1) / 255.0
+    mean, std = _MEAN.view(1, 3) / 255, _STD.view(1, 3) / 255
+    c = contrast.view(b, 1)
+    scale = (c / 255.0) / std  # [B, 3]
+    shift = ((m * (1 - contrast) + bright).view(b, 1) - mean) / std
+    rows = x.view(b * 3, h * w)  # x is a fresh contiguous tensor: safe to change in place
+    rows.mul_(scale.reshape(-1, 1)).add_(shift.reshape(-1, 1))
+    lo, hi = ((0 - mean) / std).flatten().tolist(), ((1 - mean) / std).flatten().tolist()
+    planes = x.view(b, 3, h * w)
+    for k in range(3):  # scalar bounds per channel: a tensor-bounds clamp is ~6x slower
+        planes[:, k].clamp_(lo[k], hi[k])
     out_b, out_l = [], []
     for i in range(b):
         bx = boxes[i]
@@ -447,15 +453,30 @@ def _mean_buffers(model: torch.nn.Module, works: Sequence[torch.nn.Module]) -> N
 @torch.no_grad()
 def _mean_grads(model: torch.nn.Module, works: Sequence[torch.nn.Module]) -> None:
     """The master weights' gradients <- the mean of the replicas' (in fp32)."""
-    for p, *reps in zip(model.parameters(), *(w.parameters() for w in works), strict=True):
-        gs = [r.grad for r in reps if r.grad is not None]
-        if not gs:
-            p.grad = None
-            continue
-        g = gs[0].float()
-        for other in gs[1:]:
-            g = g + other.float()
-        p.grad = g / len(works)
+    params = list(model.parameters())
+    per = [[p.grad for p in w.parameters()] for w in works]
+    # one foreach pass per replica over every gradient (a Python loop over the ~60 tensors
+    # cost 2.8 ms a step, this 1.8 ms). The replicas run one network on one loss, so a
+    # parameter has a gradient in all of them or in none; a mixed one is summed on its own.
+    full = [i for i in range(len(params)) if all(g[i] is not None for g in per)]
+
+    def grads(r: int) -> list[Tensor]:
+        return [g for i in full if (g := per[r][i]) is not None]
+
+    # .float() of an fp32 gradient is that tensor: summing into replica 0's gradient is safe,
+    # every replica's gradients are reset before its next backward
+    mean = [g.float() for g in grads(0)]
+    for r in range(1, len(works)):
+        torch._foreach_add_(mean, grads(r))
+    torch._foreach_mul_(mean, 1.0 / len(works))
+    for p in params:
+        p.grad = None
+    for i, m in zip(full, mean, strict=True):
+        params[i].grad = m
+    for i in range(len(params)):
+        some = [t.float() for r in per if (t := r[i]) is not None]
+        if 0 < len(some) < len(per):
+            params[i].grad = torch.stack(some).sum(0) / len(works)
 
 
 class _Ema:
@@ -478,6 +499,16 @@ class _Ema:
     def load(self, state: dict[str, Any], updates: int) -> None:
         self.model.load_state_dict(state)
         self.updates = updates
+
+
+def _fused_adamw() -> bool:
+    """Whether this torch has the fused AdamW kernel on CPU (2.1 vs 4.1 ms a step for the
+    default detector's 641k parameters against the foreach one)."""
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def bf16_supported() -> bool:
@@ -573,11 +604,12 @@ def train(
                               initargs=(1,)) if n_rep > 1 else None
     ema = _Ema(model, cfg.ema, cfg.ema_ramp) if cfg.ema > 0 else None
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    fused = _fused_adamw()
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, foreach=True,
+        lr=cfg.lr, fused=True if fused else None, foreach=None if fused else True,
     )
 
     tr = load_images(train_ds, cfg.imgsz, annotator)

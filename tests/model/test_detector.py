@@ -178,24 +178,35 @@ def test_training_decreases_loss_and_writes_checkpoints(
     assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
 
 
-def test_mean_grads_and_buffers_of_replicas() -> None:
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_mean_grads_and_buffers_of_replicas(dtype: torch.dtype) -> None:
     from detops.model.train import _mean_buffers, _mean_grads
 
     torch.manual_seed(0)
     master = Detector(DetectorConfig(num_classes=2, **TINY))
-    reps = [Detector(DetectorConfig(num_classes=2, **TINY)).to(torch.bfloat16) for _ in range(2)]
+    reps = [Detector(DetectorConfig(num_classes=2, **TINY)).to(dtype) for _ in range(2)]
     for r in reps:
         for p in r.parameters():
             p.grad = torch.randn_like(p)
         for b in r.buffers():
             if b.is_floating_point():
                 b.copy_(torch.rand_like(b))
+    # a parameter no replica's loss reached, and one only the second replica's did
+    none_i, half_i = 0, 3
+    for r in reps:
+        list(r.parameters())[none_i].grad = None
+    list(reps[0].parameters())[half_i].grad = None
+    want = [None if a.grad is None and b.grad is None
+            else sum(g.grad.float() for g in (a, b) if g.grad is not None) / 2
+            for a, b in zip(reps[0].parameters(), reps[1].parameters(), strict=True)]
     _mean_grads(master, reps)
     _mean_buffers(master, reps)
-    for p, a, b in zip(master.parameters(), reps[0].parameters(), reps[1].parameters(),
-                       strict=True):
+    for i, (p, w) in enumerate(zip(master.parameters(), want, strict=True)):
+        if w is None:
+            assert p.grad is None and i == none_i
+            continue
         assert p.grad.dtype == torch.float32
-        torch.testing.assert_close(p.grad, (a.grad.float() + b.grad.float()) / 2)
+        torch.testing.assert_close(p.grad, w)
     for m, a, b in zip(master.buffers(), reps[0].buffers(), reps[1].buffers(), strict=True):
         if m.is_floating_point():
             torch.testing.assert_close(m, (a.float() + b.float()) / 2)
@@ -368,6 +379,32 @@ def test_augment_moves_boxes_with_pixels(
         seen = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
         assert len(boxes[i]) == 1
         assert (boxes[i][0] - seen).abs().max().item() <= tol, (boxes[i][0], seen)
+
+
+@pytest.mark.parametrize("hflip", [0.0, 0.5])
+def test_augment_photometric_jitter_is_the_documented_formula(hflip: float) -> None:
+    # oracle: clamp((p / 255 - m) * c + m + b, 0, 1), normalised, with m the image's mean,
+    # b and c drawn from the generator as documented, written out the plain way
+    from detops.model.train import MEAN, STD, _augment
+
+    cfg = tiny_config(hflip=hflip, brightness=0.3, contrast=0.6)
+    g = torch.Generator().manual_seed(5)
+    pixels = torch.randint(0, 256, (6, 3, 24, 20), dtype=torch.uint8, generator=g)
+    x, _, _ = _augment(pixels, [torch.zeros(0, 4)] * 6, [torch.zeros(0)] * 6, cfg,
+                       torch.Generator().manual_seed(11))
+    u = torch.rand(6, 6, generator=torch.Generator().manual_seed(11))
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    assert x.shape == (6, 3, 24, 20) and x.dtype == torch.float32
+    for i in range(6):
+        p = pixels[i].double() / 255
+        if u[i, 0] < hflip:
+            p = p.flip(2)
+        m = p.mean()
+        bright = (2 * u[i, 4].item() - 1) * 0.3
+        c = 1 + (2 * u[i, 5].item() - 1) * 0.6
+        want = (((p - m) * c + m + bright).clamp(0, 1) - mean.double()) / std.double()
+        assert torch.allclose(x[i].double(), want, atol=1e-5), i
 
 
 def test_the_budget_plan_ends_mid_epoch_on_the_floor_lr_and_is_evaluated(
