@@ -229,8 +229,12 @@ class Runtime:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def decode_image(self, data: bytes) -> np.ndarray:
-        return decode_image(data, max_pixels=self.max_image_pixels)
+    def decode_image(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        """``max_pixels``: a lower limit than the runtime's for this call (None: the runtime's)."""
+        limit = self.max_image_pixels
+        if max_pixels is not None:
+            limit = max_pixels if limit is None else min(limit, max_pixels)
+        return decode_image(data, max_pixels=limit)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
         """A ``[B, 3, H, W]`` float32 batch and one :class:`Transform` per image."""

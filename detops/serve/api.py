@@ -204,6 +204,7 @@ async def detect_batch(
                 max_detections=max_detections,
                 state=state,
                 client_key=request.headers.get("x-client-key"),
+                inline=len(parts) == 1,
             )
             item["status"] = 200
         except HTTPProblem as p:

@@ -79,6 +79,8 @@ class ServeMetrics:
             registry=r,
         )
         self.in_flight = Gauge("detops_in_flight_requests", "requests being handled", registry=r)
+        # the same count as a plain int the request path reads (a gauge's value is not API)
+        self.active = 0
         stages = {
             "decode": "decode + input features + pre-processing",
             "queue": "waiting in the batch queue",

@@ -76,6 +76,7 @@ class ServeMiddleware:
 
         metrics = self.metrics
         metrics.in_flight.inc()
+        metrics.active += 1
         try:
             length = _content_length(headers)
             if length is not None and length > self.limit:
@@ -109,6 +110,7 @@ class ServeMiddleware:
                 await self._send_413(send_wrapper, received, streamed=True)
         finally:
             metrics.in_flight.dec()
+            metrics.active -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) or "other"
             version = state.get("model_version", "")

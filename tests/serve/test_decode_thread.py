@@ -1,0 +1,127 @@
+"""Which thread decodes: a request alone on the server on the event loop's thread, others (and
+large images, and the batch endpoint's images) in the decode pool. Against a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import detops.serve.service as service_module
+from detops.model.registry import load_runtime
+from tests.serve.conftest import image_bytes
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+@pytest.fixture()
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int | None]]:
+    """(thread name, max_pixels) of every ``_prepare`` call, in order."""
+    seen: list[tuple[str, int | None]] = []
+    real = service_module._prepare
+
+    def spy(runtime: Any, batcher: Any, data: bytes, max_pixels: int | None = None) -> Any:
+        seen.append((threading.current_thread().name, max_pixels))
+        return real(runtime, batcher, data, max_pixels)
+
+    monkeypatch.setattr(service_module, "_prepare", spy)
+    return seen
+
+
+def _in_pool(name: str) -> bool:
+    return name.startswith("decode")
+
+
+def test_a_lone_request_is_decoded_on_the_event_loop_thread(running_server, threads):
+    server = running_server()
+    data = image_bytes(97, 53, "JPEG", seed=1)
+    want = load_runtime(server.ws, "det@v1").predict_bytes([data])[0].to_list(["a", "b", "c"])
+    for _ in range(3):
+        r = server.client.post("/v1/detect", content=data, headers=JPEG)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["detections"]) == len(want)
+    assert len(threads) == 3
+    assert all(not _in_pool(name) for name, _ in threads), threads
+    assert {cap for _, cap in threads} == {service_module.INLINE_MAX_PIXELS}
+
+
+def test_a_large_image_goes_to_the_pool_and_is_still_answered(
+    running_server, threads, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server()
+    monkeypatch.setattr(service_module, "INLINE_MAX_PIXELS", 1000)
+    small, large = image_bytes(20, 20, "PNG"), image_bytes(97, 53, "PNG", seed=2)
+    rt = load_runtime(server.ws, "det@v1")
+    for data in (small, large):
+        r = server.client.post("/v1/detect", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert r.json()["image"] == dict(zip(("width", "height"),
+                                             rt.decode_image(data).shape[1::-1], strict=True))
+    # the small one inline; the large one tried inline (refused by the header check before
+    # decoding), then decoded in the pool under the runtime's own limit
+    assert [(not _in_pool(n), cap) for n, cap in threads] == [
+        (True, 1000), (True, 1000), (False, None)
+    ]
+
+
+def test_the_real_pixel_limit_still_answers_413_from_the_inline_path(
+    running_server, threads, monkeypatch: pytest.MonkeyPatch
+):
+    from tests.serve.test_hardening import png_header_only
+
+    server = running_server({"serve.max_pixels": 1_000_000})
+    r = server.client.post("/v1/detect", content=png_header_only(2_000, 2_000),
+                           headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "above the limit of 1000000" in r.text, r.text
+    assert server.client.get("/healthz").status_code == 200
+
+
+def test_a_request_beside_another_in_flight_is_decoded_in_the_pool(running_server, threads):
+    server = running_server()
+    data = image_bytes(64, 48, "JPEG", seed=3)
+    release = threading.Event()
+    first: list[httpx.Response] = []
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:10]
+        release.wait(20)  # the server holds this request in flight until released
+        yield data[10:]
+
+    def send_slow() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first.append(c.post("/v1/detect", content=slow_body(), headers=JPEG))
+
+    t = threading.Thread(target=send_slow)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while server.service.metrics.active < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.service.metrics.active == 1  # the slow request is in flight
+        r = server.client.post("/v1/detect", content=data, headers=JPEG)
+        assert r.status_code == 200, r.text
+    finally:
+        release.set()
+        t.join(30)
+    assert first and first[0].status_code == 200, first
+    assert first[0].json()["detections"] == r.json()["detections"]
+    # the second request (finished first) went to the pool; the slow one, alone by the time
+    # its body was complete, decoded on the loop
+    assert [_in_pool(n) for n, _ in threads] == [True, False], threads
+
+
+def test_the_batch_endpoint_decodes_its_images_in_the_pool(running_server, threads):
+    server = running_server()
+    files = [("images", (f"{i}.png", image_bytes(40, 30, "PNG", seed=i), "image/png"))
+             for i in range(3)]
+    r = server.client.post("/v1/detect/batch", files=files)
+    assert r.status_code == 200, r.text
+    assert [item["status"] for item in r.json()["results"]] == [200, 200, 200]
+    assert len(threads) == 3 and all(_in_pool(n) for n, _ in threads), threads
+    one = server.client.post("/v1/detect/batch", files=files[:1])
+    assert one.status_code == 200
+    assert not _in_pool(threads[-1][0])  # a batch of one is a lone request
