@@ -52,12 +52,21 @@ def image_features(image: np.ndarray, view_side: int = VIEW_SIDE) -> ImageFeatur
     """Brightness, contrast and sharpness of ``image`` (see the module docstring)."""
     h, w = image.shape[:2]
     g = grey_view(image, view_side)
-    brightness = float(g.mean())
-    contrast = float(g.std())
+    # mean, then the sum of squared deviations as one BLAS dot (numpy's std / var make ~5
+    # passes each): 86 vs 112 us for a 320x320 image, 72 vs 98 us for 1080p (best of 7
+    # interleaved timeit rounds)
+    flat = g.ravel()
+    brightness = float(flat.sum(dtype=np.float64)) / flat.size
+    dev = flat - np.float32(brightness)
+    contrast = float(np.sqrt(float(np.dot(dev, dev)) / flat.size))
     if g.shape[0] >= 3 and g.shape[1] >= 3:
-        c = g[1:-1, 1:-1]
-        lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * c
-        sharpness = float(lap.var())
+        lap = g[:-2, 1:-1] + g[2:, 1:-1]
+        lap += g[1:-1, :-2]
+        lap += g[1:-1, 2:]
+        lap -= np.float32(4) * g[1:-1, 1:-1]
+        lf = lap.ravel()  # a fresh contiguous array: centred in place
+        lf -= np.float32(float(lf.sum(dtype=np.float64)) / lf.size)
+        sharpness = float(np.dot(lf, lf)) / lf.size
     else:
         sharpness = 0.0
     return ImageFeatures(int(w), int(h), brightness, contrast, sharpness)
