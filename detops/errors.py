@@ -20,6 +20,7 @@ The tree, drawn once::
     ├── InvalidImage  (ValueError)       an image array the runtime cannot use
     │   └── ImageDecodeError             bytes that are empty, corrupt, truncated or too big
     │       └── ImageTooLarge            more pixels than allowed (read from the header)
+    ├── CostlyImage                      not decoded where its decode time must be bounded
     ├── ModelError                       a model or spec that cannot be used
     │   ├── SpecMismatch  (ValueError)   spec does not fit the ONNX graph
     │   └── ParityError                  exported ONNX disagrees with PyTorch
@@ -126,6 +127,12 @@ class ImageDecodeError(InvalidImage):
 
 class ImageTooLarge(ImageDecodeError):
     """An image whose header declares more pixels than allowed (a decompression bomb)."""
+
+
+class CostlyImage(DetopsError):
+    """Refused before decoding by ``decode_image(..., predictable_only=True)``: a format whose
+    decode time its pixel count does not bound (not JPEG / PNG / WebP / BMP, or a progressive
+    JPEG). Not a client error: the caller decodes it elsewhere."""
 
 
 class ModelError(DetopsError):

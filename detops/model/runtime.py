@@ -40,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from detops.errors import (
     ArtifactCorrupt,
+    CostlyImage,
     ImageDecodeError,
     ImageTooLarge,
     InvalidImage,
@@ -57,11 +58,23 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # ~7000 x 7000; a bigger body is refused,
 # -- images --------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+# formats whose decode time is bounded by the pixel count (a progressive JPEG is not: its scans
+# are many passes, as many as the file asks for)
+PREDICTABLE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    predictable_only: bool = False,
+) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, ...) into an ``HxWx3`` uint8 RGB array.
 
     The header is read first, so an image larger than ``max_pixels`` is refused before its
-    pixels are decoded. Only the first frame of animated formats is used.
+    pixels are decoded, and with ``predictable_only`` one not in ``PREDICTABLE_FORMATS`` (or a
+    progressive JPEG) raises :class:`CostlyImage`. Only the first frame of animated formats is
+    used.
     """
     if not data:
         raise ImageDecodeError("image is empty (0 bytes)")
@@ -73,6 +86,10 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXE
                     f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; "
                     f"downscale it before sending"
                 )
+            if predictable_only and (
+                im.format not in PREDICTABLE_FORMATS or im.info.get("progressive")
+            ):
+                raise CostlyImage(f"{im.format} image, progressive={im.info.get('progressive')}")
             im.load()  # decode now, so truncation is reported here
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             arr = np.asarray(rgb)
@@ -229,12 +246,15 @@ class Runtime:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def decode_image(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
-        """``max_pixels``: a lower limit than the runtime's for this call (None: the runtime's)."""
+    def decode_image(
+        self, data: bytes, max_pixels: int | None = None, *, predictable_only: bool = False
+    ) -> np.ndarray:
+        """``max_pixels``: a lower limit than the runtime's for this call (None: the runtime's);
+        ``predictable_only``: see :func:`decode_image`."""
         limit = self.max_image_pixels
         if max_pixels is not None:
             limit = max_pixels if limit is None else min(limit, max_pixels)
-        return decode_image(data, max_pixels=limit)
+        return decode_image(data, max_pixels=limit, predictable_only=predictable_only)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
         """A ``[B, 3, H, W]`` float32 batch and one :class:`Transform` per image."""

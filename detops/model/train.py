@@ -100,8 +100,9 @@ class TrainConfig:
 
     epochs: int = 60
     # bench/train_bench.py, 10-minute budget, the dense default detector: lr 4e-3 reached val
-    # mAP@0.5 / mAP 0.949 / 0.774; 6e-3 0.934-0.940 / 0.756-0.762 (four runs); 3e-3 0.933 /
-    # 0.752; 1e-2 trailed from the start (val mAP 0.30 against 0.56 after four epochs)
+    # mAP@0.5 / mAP 0.949 / 0.774 and 0.947 / 0.773 (two runs); 6e-3 0.934-0.940 / 0.756-0.762
+    # (four runs); 3e-3 0.933 / 0.752; 1e-2 trailed from the start (val mAP 0.30 against 0.56
+    # after four epochs)
     lr: float = 4e-3
     weight_decay: float = 1e-4
     batch: int = 16
@@ -477,9 +478,12 @@ def _mean_grads(model: torch.nn.Module, works: Sequence[torch.nn.Module]) -> Non
     for i, m in zip(full, mean, strict=True):
         params[i].grad = m
     for i in range(len(params)):
-        some = [t.float() for r in per if (t := r[i]) is not None]
+        some = [t for r in per if (t := r[i]) is not None]
         if 0 < len(some) < len(per):
-            params[i].grad = torch.stack(some).sum(0) / len(works)
+            total = some[0].float()  # a sum that keeps the parameter's memory format (the
+            for t in some[1:]:  # fused AdamW kernel reads gradients as flat arrays)
+                total = total + t.float()
+            params[i].grad = total / len(works)
 
 
 class _Ema:
@@ -644,6 +648,8 @@ def train(
         if ema is not None:
             ema.load(state["model"], state.get("ema_updates", 0))
         opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:  # the saved groups name their kernel: use this torch's
+            group["fused"], group["foreach"] = (True if fused else None), (None if fused else True)
         sched = state["scheduler"]
         planned, step = sched["planned_epochs"], sched["step"]
         planned_steps = sched.get("planned_steps", planned * steps_per_epoch)

@@ -22,6 +22,7 @@ import numpy as np
 
 from detops.config import ServeSettings
 from detops.errors import (
+    CostlyImage,
     DeadlineExceeded,
     ImageDecodeError,
     ImageTooLarge,
@@ -117,12 +118,14 @@ INLINE_MAX_BYTES = 4 << 20
 
 
 def _prepare(
-    runtime: Any, batcher: Batcher | None, data: bytes, max_pixels: int | None = None
+    runtime: Any, batcher: Batcher | None, data: bytes, inline: bool = False
 ) -> Prepared:
     """Decode, features, pre-process; with a ``batcher``, run now if the model is idle.
-    ``max_pixels``: refuse larger images with ImageTooLarge (below the runtime's own limit)."""
+    ``inline``: on the event loop, so refuse (ImageTooLarge / CostlyImage, before decoding) an
+    image above INLINE_MAX_PIXELS or one whose decode time its size does not bound."""
     t0 = time.perf_counter()
-    img = runtime.decode_image(data, max_pixels)
+    img = (runtime.decode_image(data, INLINE_MAX_PIXELS, predictable_only=True) if inline
+           else runtime.decode_image(data))
     features = image_features(img)
     tensor, transforms = runtime.preprocess([img])
     prep = Prepared(tensor, transforms[0], features, time.perf_counter() - t0)
@@ -266,9 +269,11 @@ class Service:
             try:
                 if inline and self.metrics.active <= 1 and len(data) <= INLINE_MAX_BYTES:
                     try:  # alone on the server: decode on this thread (see INLINE_MAX_PIXELS)
-                        prep = _prepare(rt, None, data, INLINE_MAX_PIXELS)
-                    except ImageTooLarge:
-                        pass  # a large image goes to the pool (which applies the real limit)
+                        prep = _prepare(rt, None, data, inline=True)
+                    except (ImageTooLarge, CostlyImage):
+                        pass  # to the pool (which applies the real limit), like any other
+                    if prep is not None and time.perf_counter() - started > self.timeout_s:
+                        raise TimeoutError  # do not start the model for an expired request
                 # asyncio.timeout, unlike wait_for, adds no task and no extra loop iteration
                 async with asyncio.timeout(
                     max(0.0, started + self.timeout_s - time.perf_counter())

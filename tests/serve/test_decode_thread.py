@@ -1,5 +1,6 @@
 """Which thread decodes: a request alone on the server on the event loop's thread, others (and
-large images, and the batch endpoint's images) in the decode pool. Against a real server."""
+large or costly images, and the batch endpoint's images) in the decode pool; the model always
+runs in the pool. Against a real server."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ JPEG = {"content-type": "image/jpeg"}
 
 
 @pytest.fixture()
-def threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int | None]]:
-    """(thread name, max_pixels) of every ``_prepare`` call, in order."""
-    seen: list[tuple[str, int | None]] = []
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """(thread name, inline) of every ``_prepare`` call, in order."""
+    seen: list[tuple[str, bool]] = []
     real = service_module._prepare
 
-    def spy(runtime: Any, batcher: Any, data: bytes, max_pixels: int | None = None) -> Any:
-        seen.append((threading.current_thread().name, max_pixels))
-        return real(runtime, batcher, data, max_pixels)
+    def spy(runtime: Any, batcher: Any, data: bytes, inline: bool = False) -> Any:
+        seen.append((threading.current_thread().name, inline))
+        return real(runtime, batcher, data, inline)
 
     monkeypatch.setattr(service_module, "_prepare", spy)
     return seen
@@ -36,17 +37,27 @@ def _in_pool(name: str) -> bool:
     return name.startswith("decode")
 
 
-def test_a_lone_request_is_decoded_on_the_event_loop_thread(running_server, threads):
+def test_a_lone_request_is_decoded_on_the_event_loop_thread(
+    running_server, threads, monkeypatch: pytest.MonkeyPatch
+):
     server = running_server()
+    batcher = server.service.host.current.batcher
+    runs: list[str] = []
+    real_try = batcher.try_direct
+
+    def try_direct(tensor: Any) -> Any:
+        runs.append(threading.current_thread().name)
+        return real_try(tensor)
+
+    monkeypatch.setattr(batcher, "try_direct", try_direct)
     data = image_bytes(97, 53, "JPEG", seed=1)
     want = load_runtime(server.ws, "det@v1").predict_bytes([data])[0].to_list(["a", "b", "c"])
     for _ in range(3):
         r = server.client.post("/v1/detect", content=data, headers=JPEG)
         assert r.status_code == 200, r.text
         assert len(r.json()["detections"]) == len(want)
-    assert len(threads) == 3
-    assert all(not _in_pool(name) for name, _ in threads), threads
-    assert {cap for _, cap in threads} == {service_module.INLINE_MAX_PIXELS}
+    assert threads == [(threads[0][0], True)] * 3 and not _in_pool(threads[0][0]), threads
+    assert len(runs) == 3 and all(_in_pool(n) for n in runs), runs  # the model: never the loop
 
 
 def test_a_large_image_goes_to_the_pool_and_is_still_answered(
@@ -63,20 +74,34 @@ def test_a_large_image_goes_to_the_pool_and_is_still_answered(
                                              rt.decode_image(data).shape[1::-1], strict=True))
     # the small one inline; the large one tried inline (refused by the header check before
     # decoding), then decoded in the pool under the runtime's own limit
-    assert [(not _in_pool(n), cap) for n, cap in threads] == [
-        (True, 1000), (True, 1000), (False, None)
+    assert [(not _in_pool(n), inline) for n, inline in threads] == [
+        (True, True), (True, True), (False, False)
     ]
 
 
-def test_the_real_pixel_limit_still_answers_413_from_the_inline_path(
-    running_server, threads, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_progressive_jpeg_is_decoded_in_the_pool(running_server, threads):
+    # its decode time is not bounded by its size (as many scans as the file asks for)
+    import io
+
+    from PIL import Image
+
+    server = running_server()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes(64, 48, "PNG", seed=4))).save(buf, "JPEG", progressive=True)
+    r = server.client.post("/v1/detect", content=buf.getvalue(), headers=JPEG)
+    assert r.status_code == 200, r.text
+    assert r.json()["image"] == {"width": 64, "height": 48}
+    assert [(_in_pool(n), inline) for n, inline in threads] == [(False, True), (True, False)]
+
+
+def test_the_real_pixel_limit_still_answers_413_after_the_inline_attempt(running_server, threads):
     from tests.serve.test_hardening import png_header_only
 
     server = running_server({"serve.max_pixels": 1_000_000})
     r = server.client.post("/v1/detect", content=png_header_only(2_000, 2_000),
                            headers={"content-type": "image/png"})
     assert r.status_code == 413 and "above the limit of 1000000" in r.text, r.text
+    assert [(_in_pool(n), inline) for n, inline in threads] == [(False, True), (True, False)]
     assert server.client.get("/healthz").status_code == 200
 
 
