@@ -78,9 +78,11 @@ class ServeMetrics:
             ["route", "status", "model_version"],
             registry=r,
         )
-        self.in_flight = Gauge("detops_in_flight_requests", "requests being handled", registry=r)
-        # the same count as a plain int the request path reads (a gauge's value is not API)
+        # requests being handled: a plain int the middleware counts and the request path reads
+        # (deciding where to decode); the gauge reports it at scrape time
         self.active = 0
+        self.in_flight = Gauge("detops_in_flight_requests", "requests being handled", registry=r)
+        self.in_flight.set_function(lambda: self.active)
         stages = {
             "decode": "decode + input features + pre-processing",
             "queue": "waiting in the batch queue",

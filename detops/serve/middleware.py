@@ -75,7 +75,6 @@ class ServeMiddleware:
             await send(message)
 
         metrics = self.metrics
-        metrics.in_flight.inc()
         metrics.active += 1
         try:
             length = _content_length(headers)
@@ -109,7 +108,6 @@ class ServeMiddleware:
                     await _drain(receive, self.limit * DRAIN_FACTOR - received)
                 await self._send_413(send_wrapper, received, streamed=True)
         finally:
-            metrics.in_flight.dec()
             metrics.active -= 1
             route = scope.get("route")
             template = getattr(route, "path", None) or "other"

@@ -127,6 +127,9 @@ def test_a_request_beside_another_in_flight_is_decoded_in_the_pool(running_serve
         while server.service.metrics.active < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.service.metrics.active == 1  # the slow request is in flight
+        # the gauge reports the same count: the slow request plus this scrape
+        scrape = server.client.get("/metrics").text
+        assert "\ndetops_in_flight_requests 2.0\n" in scrape, scrape[:2000]
         r = server.client.post("/v1/detect", content=data, headers=JPEG)
         assert r.status_code == 200, r.text
     finally:
