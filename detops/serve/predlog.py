@@ -1,8 +1,9 @@
 """The prediction log: one record per request, written to the store in batches, off the hot path.
 
-:meth:`PredictionLog.record` never blocks: it puts the record on a bounded queue or, when the
-queue is full (store slow or down), drops it and counts the drop. A background thread takes up
-to ``batch`` records or waits ``flush_ms``, then calls the writer (by default
+:meth:`PredictionLog.record` never blocks: it puts the record on a bounded :class:`Spool` or,
+when that is full (store slow or down), drops it and counts the drop. A background thread takes
+``batch`` records as soon as they are waiting, or what there is after ``flush_ms``, then calls
+the writer (by default
 :func:`store_writer`: one INSERT of many rows into ``predictions``). A writer error drops that
 batch (counted) and the thread carries on, backing off briefly.
 
@@ -14,14 +15,14 @@ same thread.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("detops.serve.log")
 
@@ -29,20 +30,55 @@ Writer = Callable[[list[dict[str, Any]]], None]
 T = TypeVar("T")
 
 
-def take_batch(q: queue.Queue[T], size: int, flush_s: float, stop: threading.Event) -> list[T]:
-    """Up to ``size`` items from ``q``, waiting at most ``flush_s`` for them; once ``stop`` is
-    set, only what is already queued. Waits in short slices, so ``stop`` is noticed without
-    waiting a whole flush period. (The drain of the prediction log and of the review queue.)"""
-    batch: list[T] = []
-    deadline = time.monotonic() + (0 if stop.is_set() else flush_s)
-    while len(batch) < size:
-        left = deadline - time.monotonic()
-        try:
-            batch.append(q.get(timeout=min(left, 0.05)) if left > 0 else q.get_nowait())
-        except queue.Empty:
-            if left <= 0 or stop.is_set():
-                break
-    return batch
+class Spool(Generic[T]):
+    """A bounded hand-off from request threads to ONE writer thread that wakes the writer once
+    per batch, not once per item (the prediction log's and the review queue's).
+
+    :meth:`put` appends to a deque and signals the writer only when a whole batch is waiting;
+    :meth:`take` returns up to ``batch`` items as soon as a batch is waiting, or what there is
+    after ``flush_s``. A ``queue.Queue`` woke the writer on every put: a thread wake-up and a
+    GIL hand-over per request on the server's event loop, for a writer that only needed to
+    look once per flush period.
+    """
+
+    def __init__(self, maxsize: int, batch: int) -> None:
+        if maxsize < 1 or batch < 1:
+            raise ValueError(f"Spool: need maxsize >= 1 and batch >= 1 (got {maxsize}, {batch})")
+        self.maxsize = maxsize
+        self.batch = batch
+        self._items: collections.deque[T] = collections.deque()
+        self._lock = threading.Lock()  # the bound is exact with several producers
+        self._ready = threading.Event()  # a batch is waiting, or the writer is asked to stop
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; False (nothing queued) when ``maxsize`` items are already waiting."""
+        with self._lock:
+            if len(self._items) >= self.maxsize:
+                return False
+            self._items.append(item)
+            full = len(self._items) >= self.batch
+        if full:
+            self._ready.set()
+        return True
+
+    def wake(self) -> None:
+        """End the writer's current wait now (closing)."""
+        self._ready.set()
+
+    def take(self, flush_s: float, stop: threading.Event) -> list[T]:
+        """Up to ``batch`` items: at once if a batch is waiting or ``stop`` is set, else after
+        waiting up to ``flush_s`` for one. Only the writer thread calls this."""
+        items = self._items
+        if len(items) < self.batch and not stop.is_set():
+            self._ready.wait(flush_s)
+        self._ready.clear()  # before taking: a put after this point signals again
+        out = [items.popleft() for _ in range(min(self.batch, len(items)))]
+        if len(items) >= self.batch:
+            self._ready.set()  # another whole batch is already waiting
+        return out
 
 
 def write_batch(
@@ -109,7 +145,7 @@ class PredictionLog(WriteTally):
         seed: int | None = None,
     ) -> None:
         self._writer = writer
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
+        self._spool: Spool[dict[str, Any]] = Spool(max_queue, batch)
         self.batch = batch
         self.flush_s = flush_ms / 1000
         self.sample_rate = sample_rate
@@ -130,16 +166,14 @@ class PredictionLog(WriteTally):
         """Queue ``rec`` (plus the image bytes to sample, if any); False if it was dropped."""
         if image is not None:
             rec[_SAMPLE] = image
-        try:
-            self._queue.put_nowait(rec)
-        except queue.Full:
+        if not self._spool.put(rec):
             self._count("dropped_full", 1)
             return False
         return True
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._spool)
 
     def _outcome_counter(self) -> Any:
         return None if self._metrics is None else self._metrics.log_records
@@ -148,9 +182,9 @@ class PredictionLog(WriteTally):
         next_purge = time.monotonic()
         while True:
             stopping = self._stop.is_set()
-            records = take_batch(self._queue, self.batch, self.flush_s, self._stop)
+            records = self._spool.take(self.flush_s, self._stop)
             if self._metrics is not None:
-                self._metrics.log_queue.set(self._queue.qsize())
+                self._metrics.log_queue.set(len(self._spool))
             if records:
                 write_batch(
                     self._writer,
@@ -167,12 +201,13 @@ class PredictionLog(WriteTally):
                     self._purge()
                 except Exception as e:
                     log.warning("prediction log: purging expired samples failed: %s", e)
-            if stopping and self._queue.empty():
+            if stopping and not self._spool:
                 return
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to ``timeout``), then stop."""
         self._stop.set()
+        self._spool.wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
 

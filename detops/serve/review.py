@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import queue
 import re
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from typing import Any
 from sqlalchemy import case, func, insert, select, update
 
 from detops.errors import InvalidFeedback, ReviewClosed, ReviewError, ReviewItemNotFound
-from detops.serve.predlog import WriteTally, take_batch, write_batch
+from detops.serve.predlog import Spool, WriteTally, write_batch
 from detops.store.artifacts import sha256_bytes
 from detops.store.db import aware, utcnow
 from detops.store.schema import review_feedback, review_items
@@ -163,11 +162,11 @@ class _Sink(WriteTally):
         metrics: Any = None,
     ) -> None:
         self._writer = writer
-        self._queue: queue.Queue[tuple[dict[str, Any], bytes]] = queue.Queue(maxsize=max_items)
+        self.batch = min(batch, max_items)  # at most 2 x max_items held: queued + being written
+        self._spool: Spool[tuple[dict[str, Any], bytes]] = Spool(max_items, self.batch)
         self.max_bytes = max_bytes
         self._bytes = 0
         self._lock = threading.Lock()
-        self.batch = min(batch, max_items)  # at most 2 x max_items held: queued + being written
         self.flush_s = flush_ms / 1000
         self._after_write = after_write
         self._housekeeping = housekeeping
@@ -181,9 +180,7 @@ class _Sink(WriteTally):
             if self._bytes + len(image) > self.max_bytes:
                 self._count("dropped_full", 1)
                 return False
-            try:
-                self._queue.put_nowait((item, image))
-            except queue.Full:
+            if not self._spool.put((item, image)):
                 self._count("dropped_full", 1)
                 return False
             self._bytes += len(image)
@@ -196,7 +193,7 @@ class _Sink(WriteTally):
         next_housekeeping = time.monotonic()
         while True:
             stopping = self._stop.is_set()
-            batch = take_batch(self._queue, self.batch, self.flush_s, self._stop)
+            batch = self._spool.take(self.flush_s, self._stop)
             if batch:
                 try:
                     write_batch(
@@ -212,7 +209,7 @@ class _Sink(WriteTally):
                     with self._lock:
                         self._bytes -= sum(len(img) for _, img in batch)
             if self._metrics is not None:
-                self._metrics.review_queue.set(self._queue.qsize())
+                self._metrics.review_queue.set(len(self._spool))
             chores = []
             if batch and self._after_write is not None:
                 chores.append(self._after_write)
@@ -224,7 +221,7 @@ class _Sink(WriteTally):
                     chore()
                 except Exception as e:
                     log.warning("review queue: %s failed: %s", chore.__name__, e)
-            if stopping and self._queue.empty():
+            if stopping and not self._spool:
                 return
 
     def start(self) -> None:
@@ -232,6 +229,7 @@ class _Sink(WriteTally):
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._spool.wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
 

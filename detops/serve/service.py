@@ -98,9 +98,18 @@ def problem_from(exc: BaseException) -> HTTPProblem:
 class Prepared:
     tensor: np.ndarray
     transform: Any
-    features: ImageFeatures
+    features: ImageFeatures | None  # None until computed (see _prepare's ``features``)
     decode_s: float
     result: BatchResult | None = None  # set when the model was idle and ran right away
+    image: np.ndarray | None = None  # the decoded pixels, kept until the features are taken
+
+    def take_features(self) -> ImageFeatures:
+        """The input features, computed now from ``image`` if they were left for later."""
+        if self.features is None:
+            assert self.image is not None
+            self.features = image_features(self.image)
+            self.image = None
+        return self.features
 
 
 # A request that has the server to itself is decoded and pre-processed on the event loop's own
@@ -120,15 +129,18 @@ INLINE_MAX_BYTES = 4 << 20
 def _prepare(
     runtime: Any, batcher: Batcher | None, data: bytes, inline: bool = False
 ) -> Prepared:
-    """Decode, features, pre-process; with a ``batcher``, run now if the model is idle.
+    """Decode, pre-process, features; with a ``batcher``, run now if the model is idle.
     ``inline``: on the event loop, so refuse (ImageTooLarge / CostlyImage, before decoding) an
-    image above INLINE_MAX_PIXELS or one whose decode time its size does not bound."""
+    image above INLINE_MAX_PIXELS or one whose decode time its size does not bound; the
+    features are then left to the caller (``prep.image`` kept), which takes them while the
+    model runs in the pool."""
     t0 = time.perf_counter()
     img = (runtime.decode_image(data, INLINE_MAX_PIXELS, predictable_only=True) if inline
            else runtime.decode_image(data))
-    features = image_features(img)
     tensor, transforms = runtime.preprocess([img])
-    prep = Prepared(tensor, transforms[0], features, time.perf_counter() - t0)
+    if inline:
+        return Prepared(tensor, transforms[0], None, time.perf_counter() - t0, image=img)
+    prep = Prepared(tensor, transforms[0], image_features(img), time.perf_counter() - t0)
     if batcher is not None:
         prep.result = batcher.try_direct(tensor)
     return prep
@@ -284,10 +296,13 @@ class Service:
                         )
                     else:
                         # the model runs in the pool: however long it takes, the loop stays free
-                        # (a timeout can fire, and other requests are read and queued meanwhile)
-                        prep.result = await loop.run_in_executor(
-                            self.pool, lm.batcher.try_direct, prep.tensor
-                        )
+                        # (a timeout can fire, and other requests are read and queued meanwhile);
+                        # the loop takes the input features meanwhile, off the request's path
+                        run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
+                        try:
+                            prep.take_features()
+                        finally:
+                            prep.result = await run
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from {lm.ref} within serve.timeout_ms="
@@ -319,7 +334,8 @@ class Service:
                 "request_id": request_id,
                 "model": {"name": lm.name, "version": lm.version},
                 "route": route.to_dict(),
-                "image": {"width": prep.features.width, "height": prep.features.height},
+                "image": {"width": prep.take_features().width,
+                          "height": prep.take_features().height},
                 **self._automate(
                     request_id,
                     lm,
@@ -390,8 +406,8 @@ class Service:
                 "reason": verdict.review_reason,
                 "detections": seen,
                 "classes": list(lm.runtime.spec.class_names),
-                "width": prep.features.width,
-                "height": prep.features.height,
+                "width": prep.take_features().width,
+                "height": prep.take_features().height,
                 "format": sniff_format(data),
             }
             if not self.review.offer(item, data):
@@ -456,7 +472,7 @@ class Service:
             "class_counts": None,
         }
         if prep is not None:
-            f = prep.features
+            f = prep.take_features()
             rec.update(
                 width=f.width,
                 height=f.height,

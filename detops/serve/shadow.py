@@ -285,7 +285,7 @@ class ShadowRunner:
         if self.log is None:
             return
         now = dt.datetime.now(dt.UTC)
-        f = job.prep.features
+        f = job.prep.take_features()
         rec: dict[str, Any] = {
             "request_id": job.request_id[:64],
             "at": now,

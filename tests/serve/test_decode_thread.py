@@ -14,7 +14,8 @@ import pytest
 
 import detops.serve.service as service_module
 from detops.model.registry import load_runtime
-from tests.serve.conftest import image_bytes
+from tests.serve.conftest import image_bytes, wait_until
+from tests.serve.test_predlog import rows
 
 JPEG = {"content-type": "image/jpeg"}
 
@@ -58,6 +59,41 @@ def test_a_lone_request_is_decoded_on_the_event_loop_thread(
         assert len(r.json()["detections"]) == len(want)
     assert threads == [(threads[0][0], True)] * 3 and not _in_pool(threads[0][0]), threads
     assert len(runs) == 3 and all(_in_pool(n) for n in runs), runs  # the model: never the loop
+
+
+def test_a_lone_request_takes_its_features_on_the_loop_while_the_model_runs(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server({"serve.log_flush_ms": 20})
+    batcher = server.service.host.current.batcher
+    events: list[tuple[str, str]] = []  # (what, thread)
+    real_try, real_features = batcher.try_direct, service_module.image_features
+
+    def try_direct(tensor: Any) -> Any:
+        events.append(("model start", threading.current_thread().name))
+        time.sleep(0.2)  # a model slow enough that the features land inside its run
+        out = real_try(tensor)
+        events.append(("model end", threading.current_thread().name))
+        return out
+
+    def features(img: Any) -> Any:
+        events.append(("features", threading.current_thread().name))
+        return real_features(img)
+
+    monkeypatch.setattr(batcher, "try_direct", try_direct)
+    monkeypatch.setattr(service_module, "image_features", features)
+    data = image_bytes(97, 53, "JPEG", seed=4)
+    r = server.client.post("/v1/detect", content=data, headers=JPEG)
+    assert r.status_code == 200, r.text
+    assert r.json()["image"] == {"width": 97, "height": 53}
+    assert [e[0] for e in events] == ["model start", "features", "model end"], events
+    assert _in_pool(events[0][1]) and not _in_pool(events[1][1]), events
+    want = real_features(load_runtime(server.ws, "det@v1").decode_image(data))
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the request's record")
+    rec = rows(server.ws)[0]
+    assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
+        (want.brightness, want.contrast, want.sharpness)
+    )
 
 
 def test_a_large_image_goes_to_the_pool_and_is_still_answered(

@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from detops.monitor.features import image_features
-from detops.serve.predlog import PredictionLog, sample_purger
+from detops.serve.predlog import PredictionLog, Spool, sample_purger
 from detops.store.schema import image_samples, predictions
 from tests.serve.conftest import image_bytes, wait_until
 
@@ -70,6 +70,50 @@ def test_a_stuck_store_never_slows_requests_and_drops_are_counted():
     gate.set()
     log.close()
     assert sum(writes) == sum(accepted) and log.written == sum(accepted)
+
+
+def test_the_spool_hands_over_whole_batches_and_wakes_the_writer_only_for_them():
+    spool: Spool[int] = Spool(maxsize=10, batch=4)
+    stop = threading.Event()
+    taken: list[list[int]] = []
+    writer = threading.Thread(target=lambda: taken.append(spool.take(30.0, stop)))
+    writer.start()
+    for i in range(3):
+        assert spool.put(i)
+    writer.join(0.3)
+    assert writer.is_alive() and taken == []  # three records: the writer sleeps on
+    t = time.perf_counter()
+    assert spool.put(3)
+    writer.join(5)
+    assert taken == [[0, 1, 2, 3]] and time.perf_counter() - t < 1.0  # the 4th wakes it
+    # two whole batches waiting: taken back to back, no wait between them
+    for i in range(9):
+        assert spool.put(i)
+    t = time.perf_counter()
+    assert spool.take(30.0, stop) == [0, 1, 2, 3] and spool.take(30.0, stop) == [4, 5, 6, 7]
+    assert time.perf_counter() - t < 1.0
+    # a partial batch waits out the flush period, then comes as it is
+    t = time.perf_counter()
+    assert spool.take(0.2, stop) == [8] and time.perf_counter() - t >= 0.19
+    # the bound: maxsize waiting, the next put is refused and nothing is queued
+    assert all(spool.put(i) for i in range(10)) and not spool.put(99) and len(spool) == 10
+    stop.set()  # closing: what is there, without waiting
+    t = time.perf_counter()
+    assert spool.take(30.0, stop) == [0, 1, 2, 3] and time.perf_counter() - t < 1.0
+    with pytest.raises(ValueError, match="batch >= 1"):
+        Spool(maxsize=10, batch=0)
+
+
+def test_closing_writes_what_is_queued_without_waiting_out_the_flush_period():
+    written: list[int] = []
+    log = PredictionLog(lambda records: written.extend(r["i"] for r in records),
+                        batch=100, flush_ms=60_000).start()
+    time.sleep(0.05)  # the writer is asleep in its (minute-long) flush wait
+    for i in range(3):
+        log.record({"i": i})
+    t = time.perf_counter()
+    log.close()
+    assert written == [0, 1, 2] and log.written == 3 and time.perf_counter() - t < 2.0
 
 
 def test_a_failing_store_drops_the_batch_counts_it_and_carries_on():
