@@ -246,8 +246,7 @@ def parity_check(
     graph = _graph_module(model, top_k=100)
     with torch.no_grad():
         xt = torch.from_numpy(x)
-        heat_t, _ = graph.model(xt)
-        ltrb_raw_t = graph.model.ltrb(graph.model.features(xt))
+        heat_t, ltrb_raw_t = graph.model.raw_heads(xt)
         dets_t = graph(xt).numpy()
     sess, extra = _session_with_heads(path)
     dets_o, heat_o, ltrb_o = sess.run(["detections", *extra], {"images": x})  # type: ignore[attr-defined]

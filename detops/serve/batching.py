@@ -126,10 +126,16 @@ def measure_lane_gain(
     sample: np.ndarray,
     lanes: int,
     runs: int = 6,
-    repeats: int = 3,
+    repeats: int = 5,
 ) -> float:
     """Images per second of ``lanes`` threads running ``narrow`` side by side over one thread
-    running ``wide``, on batches of one; best of ``repeats`` each, interleaved."""
+    running ``wide``, on batches of one; best of ``repeats`` each, interleaved.
+
+    Side by side needs every core at once, so a burst of other work hurts that side more; a
+    wrong "one lane" costs ~13% of the throughput (bench/serve_bench.py: 122.2 vs 139.7 req/s)
+    while a wrong "two lanes" costs nothing, hence five pairs (about 0.4 s at warm-up for the
+    default detector): with three, one of the four warm-ups of a bench/serve_bench.py run on this
+    2-vCPU VM chose one lane."""
     if lanes <= 1:
         return 1.0
     one = sample[:1]

@@ -78,6 +78,28 @@ def test_both_block_kinds_build_the_same_outputs_and_read_back(block: str) -> No
     assert DetectorConfig.from_dict(old).block == "dw"
 
 
+def test_the_box_tower_feeds_ltrb_and_older_checkpoints_read_back_without_one() -> None:
+    cfg = DetectorConfig(num_classes=2, **TINY)
+    model = Detector(cfg).eval()
+    assert cfg.box_blocks == 1 and len(model.box_tower) == 1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        heat, ltrb = model(x)
+        heat_raw, ltrb_raw = model.raw_heads(x)
+        # the tower is on the ltrb path: the 1x1 ltrb conv on the trunk alone differs
+        bypass = model.ltrb(model.features(x))
+    assert torch.equal(heat, heat_raw)
+    assert torch.allclose(ltrb, torch.relu(ltrb_raw) * cfg.ltrb_scale)
+    assert not torch.allclose(ltrb_raw, bypass)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "box_blocks"}  # before the field
+    old_cfg = DetectorConfig.from_dict(old)
+    assert old_cfg.box_blocks == 0
+    old_model = Detector(old_cfg)
+    assert not any(k.startswith("box_tower") for k in old_model.state_dict())
+    keys = {k for k in model.state_dict() if not k.startswith("box_tower")}
+    assert keys == set(old_model.state_dict())
+
+
 def test_an_unknown_block_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="DetectorConfig.block: expected 'dw' or 'dense', got 'x'"):
         Detector(DetectorConfig(num_classes=1, block="x", **TINY))
