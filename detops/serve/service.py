@@ -98,8 +98,8 @@ def problem_from(exc: BaseException) -> HTTPProblem:
 class Prepared:
     tensor: np.ndarray
     transform: Any
-    features: ImageFeatures | None  # None until computed (see _prepare's ``features``)
-    decode_s: float
+    features: ImageFeatures | None  # None until computed (see _prepare's ``inline``)
+    decode_s: float  # decode + pre-processing (+ the features when decoded in the pool)
     result: BatchResult | None = None  # set when the model was idle and ran right away
     image: np.ndarray | None = None  # the decoded pixels, kept until the features are taken
 
