@@ -45,7 +45,8 @@ class Spool(Generic[T]):
         if maxsize < 1 or batch < 1:
             raise ValueError(f"Spool: need maxsize >= 1 and batch >= 1 (got {maxsize}, {batch})")
         self.maxsize = maxsize
-        self.batch = batch
+        # a batch larger than the bound would never fill: the spool would drop while it waited
+        self.batch = min(batch, maxsize)
         self._items: collections.deque[T] = collections.deque()
         self._lock = threading.Lock()  # the bound is exact with several producers
         self._ready = threading.Event()  # a batch is waiting, or the writer is asked to stop

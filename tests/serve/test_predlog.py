@@ -102,6 +102,11 @@ def test_the_spool_hands_over_whole_batches_and_wakes_the_writer_only_for_them()
     assert spool.take(30.0, stop) == [0, 1, 2, 3] and time.perf_counter() - t < 1.0
     with pytest.raises(ValueError, match="batch >= 1"):
         Spool(maxsize=10, batch=0)
+    # a batch above the bound is cut to it, so a full spool is a whole batch (taken at once)
+    small: Spool[int] = Spool(maxsize=3, batch=100)
+    assert small.batch == 3 and all(small.put(i) for i in range(3))
+    t = time.perf_counter()
+    assert small.take(30.0, threading.Event()) == [0, 1, 2] and time.perf_counter() - t < 1.0
 
 
 def test_closing_writes_what_is_queued_without_waiting_out_the_flush_period():
