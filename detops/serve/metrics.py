@@ -84,7 +84,7 @@ class ServeMetrics:
         self.in_flight = Gauge("detops_in_flight_requests", "requests being handled", registry=r)
         self.in_flight.set_function(lambda: self.active)
         stages = {
-            "decode": "decode + input features + pre-processing",
+            "decode": "decode + pre-processing (+ input features when decoded in the pool)",
             "queue": "waiting in the batch queue",
             "inference": "the batch's ONNX Runtime run",
             "total": "whole request, received to response",

@@ -147,7 +147,6 @@ class PredictionLog(WriteTally):
     ) -> None:
         self._writer = writer
         self._spool: Spool[dict[str, Any]] = Spool(max_queue, batch)
-        self.batch = batch
         self.flush_s = flush_ms / 1000
         self.sample_rate = sample_rate
         self._purge = purge

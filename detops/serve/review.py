@@ -162,8 +162,8 @@ class _Sink(WriteTally):
         metrics: Any = None,
     ) -> None:
         self._writer = writer
-        self.batch = min(batch, max_items)  # at most 2 x max_items held: queued + being written
-        self._spool: Spool[tuple[dict[str, Any], bytes]] = Spool(max_items, self.batch)
+        # batches of at most max_items: at most 2 x max_items held, queued + being written
+        self._spool: Spool[tuple[dict[str, Any], bytes]] = Spool(max_items, batch)
         self.max_bytes = max_bytes
         self._bytes = 0
         self._lock = threading.Lock()

@@ -327,6 +327,7 @@ class Service:
             post_s = time.perf_counter() - t_post
             names = rt.spec.class_names
             dets = det.to_list(names)
+            feats = prep.take_features()
             if route.shadow is not None:  # a copy for the shadow candidate; never blocks
                 live_ms = (time.perf_counter() - started) * 1e3
                 route.shadow.offer(route, data, prep, det, request_id, live_ms)
@@ -334,8 +335,7 @@ class Service:
                 "request_id": request_id,
                 "model": {"name": lm.name, "version": lm.version},
                 "route": route.to_dict(),
-                "image": {"width": prep.take_features().width,
-                          "height": prep.take_features().height},
+                "image": {"width": feats.width, "height": feats.height},
                 **self._automate(
                     request_id,
                     lm,
@@ -396,6 +396,7 @@ class Service:
         review_id = None
         if verdict.needs_review and self.review is not None:
             review_id = uuid.uuid4().hex
+            feats = prep.take_features()
             item = {
                 "id": review_id,
                 "request_id": request_id[:64],
@@ -406,8 +407,8 @@ class Service:
                 "reason": verdict.review_reason,
                 "detections": seen,
                 "classes": list(lm.runtime.spec.class_names),
-                "width": prep.take_features().width,
-                "height": prep.take_features().height,
+                "width": feats.width,
+                "height": feats.height,
                 "format": sniff_format(data),
             }
             if not self.review.offer(item, data):

@@ -4,6 +4,7 @@ runs in the pool. Against a real server."""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 import detops.serve.service as service_module
 from detops.model.registry import load_runtime
@@ -117,10 +119,6 @@ def test_a_large_image_goes_to_the_pool_and_is_still_answered(
 
 def test_a_progressive_jpeg_is_decoded_in_the_pool(running_server, threads):
     # its decode time is not bounded by its size (as many scans as the file asks for)
-    import io
-
-    from PIL import Image
-
     server = running_server()
     buf = io.BytesIO()
     Image.open(io.BytesIO(image_bytes(64, 48, "PNG", seed=4))).save(buf, "JPEG", progressive=True)
