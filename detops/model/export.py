@@ -7,10 +7,11 @@ pixels, top-K (K = 100) selected inside the graph; the batch axis is dynamic.
 
 Parity (:func:`parity_check`) compares, on the same preprocessed images:
 
-1. the RAW heads (heatmap logits and the ltrb conv output, before ReLU/scale) read from the
-   exported file itself by exposing the two head convolutions as extra outputs of an in-memory
-   copy: max abs diff must be <= ``atol``. Heads are compared rather than the top-K tensor
-   because equal scores may legitimately come out of ``TopK`` in a different order;
+1. the RAW heads (heatmap logits and the box conv output: ltrb before ReLU/scale and, with
+   ``DetectorConfig.quality``, the IoU logit) read from the exported file itself by exposing
+   the two head convolutions as extra outputs of an in-memory copy: max abs diff must be <=
+   ``atol``. Heads are compared rather than the top-K tensor because equal scores may
+   legitimately come out of ``TopK`` in a different order;
 2. the top-K score column, sorted per image (order-free): max abs diff <= ``atol``;
 3. the detections after post-processing (score threshold + per-class NMS, as the runtime
    does): every detection matched to one of the same class with score within ``atol`` and box

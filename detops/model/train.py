@@ -127,6 +127,7 @@ class TrainConfig:
     annotator: str | None = None
     warmup_steps: int = 50
     box_weight: float = 5.0
+    quality_weight: float = 1.0  # the IoU channel's loss (with DetectorConfig.quality > 0)
     # augmentation
     hflip: float = 0.5
     brightness: float = 0.12  # +- fraction of full range
@@ -166,6 +167,11 @@ class TrainConfig:
             )
         if self.amp not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"TrainConfig: amp={self.amp!r}; use 'auto', 'bf16' or 'fp32'")
+        if not (self.box_weight >= 0 and self.quality_weight >= 0):
+            raise ConfigError(
+                f"TrainConfig: need box_weight >= 0 and quality_weight >= 0 "
+                f"(got box_weight={self.box_weight}, quality_weight={self.quality_weight})"
+            )
         if not 0.0 <= self.ema < 1.0 or self.ema_ramp <= 0:
             raise ConfigError(
                 f"TrainConfig: need 0 <= ema < 1 and ema_ramp > 0 "
@@ -374,7 +380,8 @@ def predict_rows(
         x = normalize(pixels[i:i + batch])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             heat, ltrb = model(x)
-        out.append(decode(heat.float(), ltrb.float(), model.config.stride).numpy())
+        out.append(decode(heat.float(), ltrb.float(), model.config.stride,
+                          quality=model.config.quality).numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 100, 6), np.float32)
 
@@ -665,7 +672,8 @@ def train(
         with _threads(1):  # small per-box tensors: threads cost more than they save
             tg = build_targets(bxs, lbs, nc, size, model_cfg.stride)
         heat, ltrb = works[r](x.contiguous(memory_format=torch.channels_last).to(dtype))
-        loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight)
+        loss, _ = detector_loss(heat, ltrb, tg, model_cfg.stride, cfg.box_weight,
+                                cfg.quality_weight)
         works[r].zero_grad(set_to_none=True)
         loss.backward()
         return float(loss.detach())

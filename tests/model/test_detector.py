@@ -14,9 +14,11 @@ from detops.model.detector import (
     Detector,
     DetectorConfig,
     DetectorGraph,
+    box_iou_pairs,
     boxes_to_ltrb,
     build_targets,
     decode,
+    detector_loss,
     ltrb_to_boxes,
 )
 from detops.model.train import TrainConfig, load_checkpoint, train
@@ -55,8 +57,8 @@ def test_forward_shapes(nc: int, size: int, batch: int) -> None:
     model = Detector(DetectorConfig(num_classes=nc, **TINY)).eval()
     heat, ltrb = model(torch.randn(batch, 3, size, size))
     assert heat.shape == (batch, nc, size // 4, size // 4)
-    assert ltrb.shape == (batch, 4, size // 4, size // 4)
-    assert (ltrb >= 0).all()
+    assert ltrb.shape == (batch, 5, size // 4, size // 4)  # distances + the IoU logit
+    assert (ltrb[:, :4] >= 0).all()
     dets = DetectorGraph(model, top_k=20)(torch.randn(batch, 3, size, size))
     assert dets.shape == (batch, 20, 6)
     assert ((dets[..., 5] >= 0) & (dets[..., 5] < nc)).all()
@@ -72,7 +74,7 @@ def test_both_block_kinds_build_the_same_outputs_and_read_back(block: str) -> No
     depthwise = [m for m in convs if m.groups > 1]
     assert bool(depthwise) == (block == "dw")  # dense: no grouped convolution anywhere
     heat, ltrb = model(torch.randn(2, 3, 64, 64))
-    assert heat.shape == (2, 3, 16, 16) and ltrb.shape == (2, 4, 16, 16)
+    assert heat.shape == (2, 3, 16, 16) and ltrb.shape == (2, 5, 16, 16)
     assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
     old = {k: v for k, v in cfg.to_dict().items() if k != "block"}  # written before the field
     assert DetectorConfig.from_dict(old).block == "dw"
@@ -89,7 +91,8 @@ def test_the_box_tower_feeds_ltrb_and_older_checkpoints_read_back_without_one() 
         # the tower is on the ltrb path: the 1x1 ltrb conv on the trunk alone differs
         bypass = model.ltrb(model.features(x))
     assert torch.equal(heat, heat_raw)
-    assert torch.allclose(ltrb, torch.relu(ltrb_raw) * cfg.ltrb_scale)
+    assert torch.allclose(ltrb[:, :4], torch.relu(ltrb_raw[:, :4]) * cfg.ltrb_scale)
+    assert torch.equal(ltrb[:, 4], ltrb_raw[:, 4])  # the IoU logit passes through
     assert not torch.allclose(ltrb_raw, bypass)
     old = {k: v for k, v in cfg.to_dict().items() if k != "box_blocks"}  # before the field
     old_cfg = DetectorConfig.from_dict(old)
@@ -103,6 +106,86 @@ def test_the_box_tower_feeds_ltrb_and_older_checkpoints_read_back_without_one() 
 def test_an_unknown_block_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="DetectorConfig.block: expected 'dw' or 'dense', got 'x'"):
         Detector(DetectorConfig(num_classes=1, block="x", **TINY))
+
+
+def test_quality_channel_off_and_older_checkpoints_have_four_box_channels() -> None:
+    off = Detector(DetectorConfig(num_classes=2, quality=0.0, **TINY)).eval()
+    _, ltrb = off(torch.randn(1, 3, 64, 64))
+    assert ltrb.shape[1] == 4 and off.ltrb.out_channels == 4
+    cfg = DetectorConfig(num_classes=2, **TINY)
+    assert cfg.quality == 0.5
+    old = {k: v for k, v in cfg.to_dict().items() if k != "quality"}  # before the field
+    assert DetectorConfig.from_dict(old).quality == 0.0
+    assert Detector(DetectorConfig.from_dict(old)).ltrb.out_channels == 4
+
+
+def _one_peak_maps(iou_logits: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two equal heat peaks of class 0 at cells (4, 4) and (10, 10) of a 16x16 map, boxes 8 px
+    around each, and the given IoU logits there (-4 elsewhere)."""
+    heat = torch.full((1, 2, 16, 16), -9.0)
+    ltrb = torch.full((1, 5, 16, 16), -4.0)
+    ltrb[:, :4] = 4.0
+    for (y, x), q in zip(((4, 4), (10, 10)), iou_logits, strict=True):
+        heat[0, 0, y, x] = 1.0
+        ltrb[0, 4, y, x] = q
+    return heat, ltrb
+
+
+@pytest.mark.parametrize("quality", [0.25, 0.5, 0.75])
+def test_decode_scores_peaks_by_heat_and_predicted_iou(quality: float) -> None:
+    heat, ltrb = _one_peak_maps((-2.0, 2.0))
+    dets = decode(heat, ltrb, 4, top_k=2, quality=quality)[0]
+    h, q_lo, q_hi = torch.sigmoid(torch.tensor([1.0, -2.0, 2.0])).tolist()
+    # the peak whose box is predicted tighter ranks first, each scored heat^(1-a) * iou^a
+    assert dets[0, :4].tolist() == [38.0, 38.0, 46.0, 46.0]
+    assert dets[1, :4].tolist() == [14.0, 14.0, 22.0, 22.0]
+    torch.testing.assert_close(dets[:, 4], torch.tensor(
+        [h ** (1 - quality) * q_hi ** quality, h ** (1 - quality) * q_lo ** quality]))
+    # quality 0 (or a four-channel box head) scores by heat alone, whatever the logit says
+    plain = decode(heat, ltrb, 4, top_k=2, quality=0.0)[0]
+    torch.testing.assert_close(plain[:, 4], torch.tensor([h, h]))
+    torch.testing.assert_close(decode(heat, ltrb[:, :4], 4, top_k=2, quality=quality)[0], plain)
+
+
+def test_quality_loss_targets_the_detached_iou_of_each_cells_box() -> None:
+    box = (10.0, 12.0, 42.0, 40.0)
+    tg = build_targets([torch.tensor([box])], [torch.tensor([1])], 2, (64, 64), stride=4)
+    mask = tg.weight > 0
+    ltrb = boxes_to_ltrb(tg.boxes, 4).clamp(min=0)
+    ltrb = ltrb + torch.linspace(-2.0, 3.0, 64 * 4).reshape(1, 4, 8, 8).repeat_interleave(
+        2, 2).repeat_interleave(2, 3)  # each cell's box off by its own amount
+    ltrb = ltrb.clamp(min=0)
+    pred = ltrb_to_boxes(ltrb, 4).permute(0, 2, 3, 1)[mask]
+    iou = box_iou_pairs(pred, tg.boxes.permute(0, 2, 3, 1)[mask])
+    assert 0 < iou.min() < 0.9 and iou.max() > 0.5  # the cells' IoUs differ
+    logit = torch.zeros(1, 1, 16, 16)
+    logit[0, 0][mask[0]] = torch.logit(iou)
+    heat = torch.zeros(1, 2, 16, 16, requires_grad=True)
+    box5 = torch.cat([ltrb, logit], 1).requires_grad_(True)
+    total, parts = detector_loss(heat, box5, tg, 4, box_weight=5.0, quality_weight=1.0)
+    total.backward()
+    # BCE against the IoU is minimal at logit(IoU): no gradient on the quality channel there
+    assert box5.grad is not None
+    assert box5.grad[0, 4].abs().max().item() < 1e-5
+    # and the quality term does not push the boxes (its IoU target is detached)
+    box4 = ltrb.clone().requires_grad_(True)
+    total4, parts4 = detector_loss(heat.detach(), box4, tg, 4, box_weight=5.0)
+    total4.backward()
+    assert box4.grad is not None
+    torch.testing.assert_close(box5.grad[:, :4], box4.grad)
+    assert "quality" in parts and "quality" not in parts4
+    # away from logit(IoU) the channel is pulled towards it
+    logit[0, 0][mask[0]] = 0.0
+    box5 = torch.cat([ltrb, logit], 1).requires_grad_(True)
+    detector_loss(heat.detach(), box5, tg, 4)[0].backward()
+    g = box5.grad[0, 4][mask[0]]
+    assert torch.equal(torch.sign(g), torch.sign(0.5 - iou))
+
+
+@pytest.mark.parametrize("quality", [-0.1, 1.0, float("nan")])
+def test_a_quality_exponent_outside_0_1_is_refused(quality: float) -> None:
+    with pytest.raises(ValueError, match=r"DetectorConfig.quality: expected 0 <= quality < 1"):
+        Detector(DetectorConfig(num_classes=1, quality=quality, **TINY))
 
 
 def test_heat_bias_starts_at_focal_prior() -> None:
@@ -253,7 +336,9 @@ def test_ema_follows_the_weights_with_its_decay() -> None:
 @pytest.mark.parametrize(
     ("kw", "needle"),
     [({"replicas": 3, "batch": 8}, "does not split into 3 replicas"),
-     ({"ema": 1.0}, "0 <= ema < 1"), ({"ema_ramp": 0}, "ema_ramp > 0")],
+     ({"ema": 1.0}, "0 <= ema < 1"), ({"ema_ramp": 0}, "ema_ramp > 0"),
+     ({"quality_weight": -1.0}, "quality_weight=-1.0"),
+     ({"box_weight": float("nan")}, "box_weight=nan")],
 )
 def test_bad_parallel_and_ema_settings_are_refused(tiny_data, tmp_path: Path, kw, needle):
     from detops.errors import ConfigError
