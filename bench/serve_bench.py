@@ -17,8 +17,8 @@ Baselines, measured in this process while no server runs, with the same session 
 - the same c=1 pipeline on a no-op graph (a constant detection): server overhead is the
   server's c=1 p50 on that graph minus this;
 - for context (info rows), the server a user would write by hand (``_handwritten_server.py``:
-  FastAPI + uvicorn, the same pipeline in a thread, nothing else), at c=1 with both models:
-  what this host allows a Python HTTP server at all.
+  FastAPI + uvicorn, the same pipeline in a thread, nothing else), at c=1 with both models
+  and at c=8: what this host allows a Python HTTP server at all.
 
 Note: wrk shares the 2 cores with the server, the in-process loops have them to themselves.
 Other work on the machine moves every number; each comparison alternates its sides for
@@ -355,9 +355,20 @@ def main() -> None:
                  f"{c1.p50_ms / b1:.2f}x",
                  _verdict(c1.p50_ms / b1 <= 1.10, "<= 1.10x")))  # fmt: skip
 
+    def hand(model: str, conns: int = 1) -> Load:
+        srv = HandWritten(root, model, spinning=use_spin, log=log)
+        try:
+            wrk(srv.url, lua, image, conns=conns, seconds=2)
+            return wrk(srv.url, lua, image, conns=conns, seconds=dur)
+        finally:
+            srv.stop()
+
     def c8(policy: str, lanes: int = 0) -> tuple[Load, dict, float]:
         b = base_b8()
-        res, model, _ = run("det@production", policy, spin_mode, 8, dur, lanes)
+        if policy == "hand-written":
+            res, model = hand("det@production", conns=8), {"batch_policy": "-", "lanes": "-"}
+        else:
+            res, model, _ = run("det@production", policy, spin_mode, 8, dur, lanes)
         b = max(b, base_b8())
         print(f"c=8 {policy}{' one lane' if lanes == 1 else ''}: {res.rps:.1f} req/s "
               f"(in-process batch 8: {b:.1f} img/s), policy {model['batch_policy']}, "
@@ -366,7 +377,7 @@ def main() -> None:
 
     best: dict[str, tuple[Load, dict, float]] = {}
     for _ in range(args.rounds):  # alternate, so load from elsewhere hits every policy
-        for policy in ("auto", "off", "wait", "one lane"):
+        for policy in ("auto", "off", "wait", "one lane", "hand-written"):
             got = c8("auto", lanes=1) if policy == "one lane" else c8(policy)
             if policy not in best or got[0].rps > best[policy][0].rps:
                 best[policy] = got
@@ -394,16 +405,12 @@ def main() -> None:
     )
     rows.append(("c=8 auto with one lane (info)", f"{c8_one.rps:.1f} req/s",
                  f"{c8_auto.rps:.1f} req/s (auto)", f"{c8_one.rps / c8_auto.rps:.2f}x", ""))
+    c8_hand, _, b8_hand = best["hand-written"]
+    rows.append(("  hand-written FastAPI, c=8 (info)", f"{c8_hand.rps:.1f} req/s",
+                 f"{b8_hand:.1f} img/s (in-process batch 8)", f"{c8_hand.rps / b8_hand:.2f}x",
+                 ""))  # fmt: skip
     rows.append(("c=8 p50 / p99 latency (auto)", f"{c8_auto.p50_ms:.1f} / {c8_auto.p99_ms:.1f} ms",
                  "", "", ""))  # fmt: skip
-
-    def hand(model: str) -> Load:
-        srv = HandWritten(root, model, spinning=use_spin, log=log)
-        try:
-            wrk(srv.url, lua, image, conns=1, seconds=2)
-            return wrk(srv.url, lua, image, conns=1, seconds=dur)
-        finally:
-            srv.stop()
 
     overheads, hand_overheads, hand_c1 = [], [], []
     for _ in range(args.rounds):
