@@ -465,14 +465,14 @@ def detector_loss(
     mask = targets.weight > 0
     qual = None
     if mask.any():
-        cells = ltrb.float().permute(0, 2, 3, 1)[mask]  # [N, 4 or 5]
         pred = ltrb_to_boxes(ltrb[:, :4].float(), stride).permute(0, 2, 3, 1)[mask]
         tgt = targets.boxes.permute(0, 2, 3, 1)[mask]
         wts = targets.weight[mask]
         box = (giou_loss(pred, tgt) * wts).sum() / (wts.sum() + 1e-4)
         if ltrb.shape[1] == 5:
             iou = box_iou_pairs(pred.detach(), tgt)
-            bce = F.binary_cross_entropy_with_logits(cells[:, 4], iou, reduction="none")
+            logit = ltrb[:, 4].float()[mask]
+            bce = F.binary_cross_entropy_with_logits(logit, iou, reduction="none")
             qual = (bce * wts).sum() / (wts.sum() + 1e-4)
     else:
         box = ltrb.sum() * 0.0
