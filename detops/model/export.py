@@ -146,18 +146,23 @@ def _session_with_heads(onnx_path: Path) -> tuple[object, list[str]]:
 
 
 def _borderline(rows: np.ndarray, threshold: float, nms_iou: float, atol: float,
-                iou_tol: float) -> np.ndarray:
+                iou_tol: float, kth: float | None = None) -> np.ndarray:
     """Which of one image's graph rows may be kept by one runtime and dropped by the other.
 
     Two runtimes within ``atol`` of each other can still disagree on a detection whose score
-    sits within ``atol`` of the score threshold, on one whose IoU with a higher-scored box of its
-    class sits within ``iou_tol`` of the NMS threshold, and on one that a box of the first two
-    kinds may or may not suppress (a cascade; resolved to a fixpoint). Anything else must match.
+    sits within ``atol`` of the score threshold, on one whose score sits within ``atol`` of the
+    graph's top-K cut (``kth``: the K-th score, when the graph filled its K rows; the other
+    runtime may have taken a near-equal candidate instead), on one whose IoU with a
+    higher-scored box of its class sits within ``iou_tol`` of the NMS threshold, and on one
+    that a box of those kinds may or may not suppress (a cascade; resolved to a fixpoint).
+    Anything else must match.
     """
     from detops.evaluate.matching import iou_matrix_xyxy
 
     n = len(rows)
     flag = np.abs(rows[:, 4] - threshold) <= atol
+    if kth is not None:
+        flag |= rows[:, 4] <= kth + atol
     boxes = rows[:, :4].astype(np.float64)
     ious = iou_matrix_xyxy(boxes, boxes)
     # q may suppress r: same class, q scored higher (or within atol: ties may order either way)
@@ -174,11 +179,13 @@ def _borderline(rows: np.ndarray, threshold: float, nms_iou: float, atol: float,
 
 
 def _compare_post(a_rows: np.ndarray, b_rows: np.ndarray, threshold: float, nms_iou: float,
-                  atol: float, box_tol: float, *, where: str) -> tuple[int, float, float]:
+                  atol: float, box_tol: float, *, where: str,
+                  top_k: int | None = None) -> tuple[int, float, float]:
     """Match PyTorch's post-processed detections (``a``) to ONNX Runtime's (``b``) of one image.
 
     Returns (detections matched, worst box diff in px, worst score diff). A detection with no
     counterpart is an error unless it is borderline on its own side (see :func:`_borderline`).
+    ``top_k``: the graph's K; a side that returned K rows has a top-K cut at its lowest score.
     """
     from detops.model.train import postprocess
 
@@ -188,8 +195,11 @@ def _compare_post(a_rows: np.ndarray, b_rows: np.ndarray, threshold: float, nms_
     lo = threshold - atol
     iou_tol = 1e-3
     cand_a, cand_b = a_rows[a_rows[:, 4] >= lo], b_rows[b_rows[:, 4] >= lo]
-    border_a = _borderline(cand_a, threshold, nms_iou, atol, iou_tol)
-    border_b = _borderline(cand_b, threshold, nms_iou, atol, iou_tol)
+    def kth(rows: np.ndarray) -> float | None:
+        return float(rows[:, 4].min()) if top_k and len(rows) == top_k else None
+
+    border_a = _borderline(cand_a, threshold, nms_iou, atol, iou_tol, kth(a_rows))
+    border_b = _borderline(cand_b, threshold, nms_iou, atol, iou_tol, kth(b_rows))
 
     def is_border(row: np.ndarray, cand: np.ndarray, border: np.ndarray) -> bool:
         same = np.flatnonzero((cand[:, 5] == row[5]) & (np.abs(cand[:, :4] - row[:4]).max(1) == 0)
@@ -244,7 +254,8 @@ def parity_check(
     """
     path = Path(onnx_path)
     x = preprocess(images, imgsz)
-    graph = _graph_module(model, top_k=100)
+    top_k = 100
+    graph = _graph_module(model, top_k=top_k)
     with torch.no_grad():
         xt = torch.from_numpy(x)
         heat_t, ltrb_raw_t = graph.model.raw_heads(xt)
@@ -276,7 +287,7 @@ def parity_check(
     worst_box = 0.0
     for i in range(len(images)):
         n, box, score = _compare_post(dets_t[i], dets_o[i], score_threshold, nms_iou, atol,
-                                      box_tol, where=f"{path}: image {i}")
+                                      box_tol, where=f"{path}: image {i}", top_k=top_k)
         n_det += n
         worst_box = max(worst_box, box)
         diffs["post.score"] = max(diffs.get("post.score", 0.0), score)

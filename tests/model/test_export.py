@@ -124,6 +124,32 @@ def test_post_parity_forgives_an_iou_on_the_nms_threshold_and_its_cascade() -> N
     assert matched == 1 and box == 0.0  # A matched; B (ORT only) and C (torch only) borderline
 
 
+def _full_top_k(last: tuple[float, ...], k: int = 100) -> np.ndarray:
+    """K graph rows: K - 1 boxes apart from each other, scores 0.9 down to 0.2, then ``last``."""
+    rows = [(20.0 * (i % 10), 20.0 * (i // 10), 20.0 * (i % 10) + 8, 20.0 * (i // 10) + 8,
+             0.9 - 0.7 * i / (k - 2), 1.0) for i in range(k - 1)]
+    return _rows(*rows, last)
+
+
+def test_post_parity_forgives_a_swap_at_the_top_k_cut_only_there() -> None:
+    # the K-th candidate differs: PyTorch's is a class-4 box at 0.17280, ONNX Runtime's a
+    # class-2 box elsewhere at 0.17281 (each runtime's K+1-th), both above the threshold
+    a = _full_top_k((300, 300, 310, 310, 0.17280, 4))
+    b = _full_top_k((250, 300, 260, 310, 0.17281, 2))
+    assert _compare_post(a, b, 0.05, 0.5, 1e-4, 0.5, where="img", top_k=100)[0] == 99
+    assert _compare_post(b, a, 0.05, 0.5, 1e-4, 0.5, where="img", top_k=100)[0] == 99
+    # without the cut (fewer rows than K, or K not given) the same rows are a real mismatch
+    with pytest.raises(ParityError, match="class-4 detection of PyTorch"):
+        _compare(a, b)
+    with pytest.raises(ParityError, match="class-4 detection of PyTorch"):
+        _compare_post(a, b, 0.05, 0.5, 1e-4, 0.5, where="img", top_k=101)
+    # a detection well above the cut still has to match
+    c = b.copy()
+    c[50, 5] = 3.0  # a mid-ranked row changes class in ONNX Runtime
+    with pytest.raises(ParityError, match="class-1 detection of PyTorch"):
+        _compare_post(a, c, 0.05, 0.5, 1e-4, 0.5, where="img", top_k=100)
+
+
 def test_post_parity_still_catches_a_clear_extra_detection() -> None:
     a = _rows((0, 0, 10, 10, 0.9, 1))
     b = _rows((0, 0, 10, 10, 0.9, 1), (40, 40, 50, 50, 0.3, 2))
