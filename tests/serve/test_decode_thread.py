@@ -187,3 +187,49 @@ def test_the_batch_endpoint_decodes_its_images_in_the_pool(running_server, threa
     one = server.client.post("/v1/detect/batch", files=files[:1])
     assert one.status_code == 200
     assert not _in_pool(threads[-1][0])  # a batch of one is a lone request
+
+
+def test_requests_are_decoded_while_every_lane_runs_the_model(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    # two cores, two lanes: two requests hold both lanes (a request that finds a lane idle runs
+    # the model on its own pool thread); the next two must still be decoded meanwhile, which a
+    # pool of one thread a core (both threads inside model runs) could not do
+    monkeypatch.setattr(service_module.os, "cpu_count", lambda: 2)
+    server = running_server({"serve.lanes": 2, "serve.batch_policy": "off"})
+    assert server.service.pool._max_workers == service_module.pool_threads(2) == 4
+    batcher = server.service.host.current.batcher
+    assert batcher.lanes == 2
+    t0 = time.monotonic()
+    decoded: list[float] = []
+    model_ends: list[float] = []
+    real_prepare, real_lane = service_module._prepare, batcher._infer_lane
+
+    def prepare(runtime: Any, batcher: Any, data: bytes, inline: bool = False) -> Any:
+        decoded.append(time.monotonic() - t0)
+        return real_prepare(runtime, batcher, data, inline)
+
+    def slow_lane(batch: Any, queued: bool = False) -> Any:
+        time.sleep(0.5)  # holding the lane
+        out = real_lane(batch, queued)
+        model_ends.append(time.monotonic() - t0)
+        return out
+
+    monkeypatch.setattr(service_module, "_prepare", prepare)
+    monkeypatch.setattr(batcher, "_infer_lane", slow_lane)
+    data = image_bytes(97, 53, "JPEG", seed=5)
+    codes: list[int] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            codes.append(client.post("/v1/detect", content=data, headers=JPEG).status_code)
+
+    posters = [threading.Thread(target=post) for _ in range(4)]
+    for th in posters:
+        th.start()
+    for th in posters:
+        th.join(30)
+    assert codes == [200] * 4
+    assert len(decoded) == 4 and len(model_ends) == 4, (decoded, model_ends)
+    # every request was decoded before the first model run ended
+    assert max(decoded) < min(model_ends), (decoded, model_ends)
