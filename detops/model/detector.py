@@ -283,7 +283,8 @@ def decode(
     heat = torch.sigmoid(heat_logits.float())
     peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
     is_peak = (peaks == heat).to(heat.dtype)
-    # while tracing, the caller (DetectorGraph) passes quality only with a fifth channel
+    # while tracing, a shape test would be a tensor: DetectorGraph passes config.quality, > 0
+    # only for a network built with the fifth channel
     if quality > 0 and (torch.jit.is_tracing() or ltrb.shape[1] == 5):
         iou = torch.sigmoid(ltrb[:, 4:5].float())
         heat = heat.clamp(min=1e-12) ** (1 - quality) * iou ** quality
@@ -312,9 +313,8 @@ class DetectorGraph(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         heat, ltrb = self.model(images)
-        c = self.model.config
-        quality = c.quality if self.model.ltrb.out_channels == 5 else 0.0
-        return decode(heat, ltrb, c.stride, self.top_k, quality)
+        c = self.model.config  # quality > 0 is what gave the box head its fifth channel
+        return decode(heat, ltrb, c.stride, self.top_k, c.quality)
 
 
 # -- targets and loss ---------------------------------------------------------------------------
