@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from detops.serve.middleware import BodyTooLarge
@@ -34,9 +37,24 @@ ScoreQuery = Query(None, ge=0.0, le=1.0, description="keep detections scoring at
 MaxDetQuery = Query(None, ge=1, le=10_000, description="keep at most this many detections")
 
 
-def json_response(body: Any, status: int = 200) -> Response:
+def json_bytes(body: Any) -> bytes:
+    """``body`` as compact JSON. orjson encodes a detection response (57 boxes, 8 KB) in 11 us
+    against 160 us for ``json.dumps`` (this 2-vCPU VM; 220 against ~15 us in the server, on
+    caches a model run has just flushed), the largest single cost a c=1 request paid on top of
+    the model's own pipeline. Floats round-trip exactly (shortest repr, as ``json``); NaN and
+    infinities become null (``json`` would write the invalid tokens NaN / Infinity). What orjson
+    refuses (an int beyond 64 bits) falls back to ``json``."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def json_response(
+    body: Any, status: int = 200, background: BackgroundTask | None = None
+) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
+        json_bytes(body), status_code=status, media_type="application/json", background=background
     )
 
 
@@ -130,6 +148,7 @@ async def detect(
     except HTTPProblem as p:
         svc.metrics.reject(p.code)
         raise
+    after: list[Callable[[], None]] = []
     body = await svc.detect(
         data,
         request_id=state["request_id"],
@@ -138,8 +157,17 @@ async def detect(
         max_detections=max_detections,
         state=state,
         client_key=request.headers.get("x-client-key"),
+        after=after,
     )
-    return json_response(body)
+    # the prediction-log record is made once the response is sent (see Service.detect)
+    return json_response(body, background=BackgroundTask(_run_all, after) if after else None)
+
+
+async def _run_all(calls: list[Callable[[], None]]) -> None:
+    """A response's background work: a coroutine, so Starlette runs it on the event loop
+    instead of handing it to a worker thread (each call hands its work on by itself)."""
+    for call in calls:
+        call()
 
 
 @router.post(

@@ -38,7 +38,7 @@ REJECTION_REASONS = (
 )
 
 # the outcomes of the prediction log's and the review queue's asynchronous writers
-WRITE_OUTCOMES = ("written", "dropped_full", "dropped_store_error")
+WRITE_OUTCOMES = ("written", "dropped_full", "dropped_store_error", "dropped_error")
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.013, 0.016, 0.020, 0.025, 0.032,

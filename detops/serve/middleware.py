@@ -65,14 +65,17 @@ class ServeMiddleware:
         rid_header = (b"x-request-id", rid.encode())
         status_box = [500]
         response_started = False
+        sent_at: float | None = None  # the response's last byte was handed to the server
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal response_started
+            nonlocal response_started, sent_at
             if message["type"] == "http.response.start":
                 response_started = True
                 status_box[0] = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                sent_at = time.perf_counter()
 
         metrics = self.metrics
         metrics.active += 1
@@ -114,7 +117,9 @@ class ServeMiddleware:
             version = state.get("model_version", "")
             metrics.requests.labels(template, str(status_box[0]), version).inc()
             if template.startswith(("/v1/detect", "/v2/models")):
-                metrics.latency["total"].observe(time.perf_counter() - started)
+                # up to the response's last byte: a background task after it (the prediction
+                # log's record) is not the client's wait
+                metrics.latency["total"].observe((sent_at or time.perf_counter()) - started)
 
     async def _send_413(self, send: Any, size: int, streamed: bool = False) -> None:
         what = (

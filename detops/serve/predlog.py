@@ -171,6 +171,12 @@ class PredictionLog(WriteTally):
             return False
         return True
 
+    def failed(self, request_id: str, error: BaseException) -> None:
+        """A record that could not be built (after its response was sent): counted
+        ``dropped_error`` and logged."""
+        self._count("dropped_error", 1)
+        log.warning("prediction log: dropped the record of request %s: %r", request_id, error)
+
     @property
     def pending(self) -> int:
         return len(self._spool)

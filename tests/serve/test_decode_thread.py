@@ -1,6 +1,7 @@
 """Which thread decodes: a request alone on the server on the event loop's thread, others (and
 large or costly images, and the batch endpoint's images) in the decode pool; the model always
-runs in the pool. Against a real server."""
+runs in the pool; a lone request's input features are taken after its response is sent.
+Against a real server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -63,7 +65,12 @@ def test_a_lone_request_is_decoded_on_the_event_loop_thread(
     assert len(runs) == 3 and all(_in_pool(n) for n in runs), runs  # the model: never the loop
 
 
-def test_a_lone_request_takes_its_features_on_the_loop_while_the_model_runs(
+def _metric(server: Any, name: str) -> float:
+    text = server.client.get("/metrics").text
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name))
+
+
+def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sent(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
     server = running_server({"serve.log_flush_ms": 20})
@@ -72,30 +79,85 @@ def test_a_lone_request_takes_its_features_on_the_loop_while_the_model_runs(
     real_try, real_features = batcher.try_direct, service_module.image_features
 
     def try_direct(tensor: Any) -> Any:
-        events.append(("model start", threading.current_thread().name))
-        time.sleep(0.2)  # a model slow enough that the features land inside its run
-        out = real_try(tensor)
-        events.append(("model end", threading.current_thread().name))
-        return out
+        events.append(("model", threading.current_thread().name))
+        return real_try(tensor)
 
     def features(img: Any) -> Any:
         events.append(("features", threading.current_thread().name))
+        time.sleep(0.6)  # slow features: the client must not wait for them
         return real_features(img)
 
     monkeypatch.setattr(batcher, "try_direct", try_direct)
     monkeypatch.setattr(service_module, "image_features", features)
     data = image_bytes(97, 53, "JPEG", seed=4)
+    t0 = time.perf_counter()
     r = server.client.post("/v1/detect", content=data, headers=JPEG)
+    waited = time.perf_counter() - t0
     assert r.status_code == 200, r.text
     assert r.json()["image"] == {"width": 97, "height": 53}
-    assert [e[0] for e in events] == ["model start", "features", "model end"], events
+    assert waited < 0.5, f"the response waited {waited:.3f} s, for the features"
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the request's record")
+    assert [e[0] for e in events] == ["model", "features"], events
     assert _in_pool(events[0][1]) and not _in_pool(events[1][1]), events
     want = real_features(load_runtime(server.ws, "det@v1").decode_image(data))
-    wait_until(lambda: len(rows(server.ws)) == 1, what="the request's record")
     rec = rows(server.ws)[0]
     assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
         (want.brightness, want.contrast, want.sharpness)
     )
+    # the record's latency and the latency histogram end with the response, not the features
+    assert rec["latency_ms"] < 500 and rec["status"] == 200, rec
+    assert _metric(server, "detops_total_seconds_sum") < 0.5
+
+
+def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_goes_on(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server({"serve.log_flush_ms": 20})
+    real_features = service_module.image_features
+    calls = []
+
+    def features(img: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("no room for the grey view")
+        return real_features(img)
+
+    monkeypatch.setattr(service_module, "image_features", features)
+    data = image_bytes(97, 53, "JPEG", seed=4)
+    first = server.client.post("/v1/detect", content=data, headers=JPEG)
+    assert first.status_code == 200, first.text  # the client had its answer before the failure
+    dropped = 'detops_prediction_log_records_total{outcome="dropped_error"}'
+    wait_until(lambda: _metric(server, dropped) == 1, what="the dropped record counted")
+    second = server.client.post("/v1/detect", content=data, headers=JPEG)
+    assert second.status_code == 200, second.text
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the second request's record")
+    assert rows(server.ws)[0]["request_id"] == second.json()["request_id"]
+
+
+def test_features_taken_from_several_threads_at_once_are_computed_for_all_of_them():
+    # a deferred prediction-log record and a shadow run may take a request's features at once
+    img = np.asarray(Image.open(io.BytesIO(image_bytes(97, 53, "PNG", seed=3))).convert("RGB"))
+    want = service_module.image_features(img)
+    for _ in range(50):
+        prep = service_module.Prepared(np.zeros(1), None, None, 0.0, image=img)
+        got: list[Any] = []
+        errors: list[BaseException] = []
+
+        def take(p: Any, b: threading.Barrier, out: list[Any], bad: list[BaseException]) -> None:
+            b.wait()
+            try:
+                out.append(p.take_features())
+            except BaseException as e:
+                bad.append(e)
+
+        start = threading.Barrier(6)
+        workers = [threading.Thread(target=take, args=(prep, start, got, errors))
+                   for _ in range(6)]  # fmt: skip
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors and got == [want] * 6 and prep.image is None
 
 
 def test_a_large_image_goes_to_the_pool_and_is_still_answered(
