@@ -164,8 +164,8 @@ async def detect(
 
 
 async def _run_all(calls: list[Callable[[], None]]) -> None:
-    """A response's background work: a coroutine, so Starlette runs it on the event loop
-    instead of handing it to a worker thread (each call hands its work on by itself)."""
+    """A response's background work, run once its last byte is sent: a coroutine, so
+    Starlette runs it on the event loop instead of handing it to a worker thread."""
     for call in calls:
         call()
 

@@ -295,3 +295,27 @@ def test_requests_are_decoded_while_every_lane_runs_the_model(
     assert len(decoded) == 4 and len(model_ends) == 4, (decoded, model_ends)
     # every request was decoded before the first model run ended
     assert max(decoded) < min(model_ends), (decoded, model_ends)
+
+
+def test_a_client_that_hangs_up_before_its_answer_still_leaves_a_record(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    # the record is made after the response is sent: a response nobody reads must not lose it
+    server = running_server({"serve.log_flush_ms": 20})
+    batcher = server.service.host.current.batcher
+    real_try = batcher.try_direct
+
+    def slow(tensor: Any) -> Any:
+        time.sleep(0.6)
+        return real_try(tensor)
+
+    monkeypatch.setattr(batcher, "try_direct", slow)
+    data = image_bytes(97, 53, "JPEG", seed=4)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/detect", content=data, headers=dict(JPEG, **{
+            "x-request-id": "gone-1"}), timeout=httpx.Timeout(5.0, read=0.2))  # fmt: skip
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the record of the abandoned request")
+    rec = rows(server.ws)[0]
+    assert rec["request_id"] == "gone-1" and rec["status"] == 200 and rec["width"] == 97, rec
+    ok = server.client.post("/v1/detect", content=data, headers=JPEG)
+    assert ok.status_code == 200, ok.text
