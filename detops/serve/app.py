@@ -34,6 +34,14 @@ from detops.serve.middleware import ServeMiddleware, error_json
 from detops.serve.service import HTTPProblem, Service
 
 
+def _detect_route() -> Any:
+    """The FastAPI route of ``POST /v1/detect`` (its ``path`` labels the metrics)."""
+    return next(
+        r for r in api.router.routes
+        if getattr(r, "path", None) == "/v1/detect" and "POST" in getattr(r, "methods", ())
+    )  # fmt: skip
+
+
 def _problem_response(p: HTTPProblem) -> Response:
     return Response(
         error_json(p.detail, p.code),
@@ -62,6 +70,8 @@ def create_app(service: Service, *, middleware: list[Middleware] | None = None) 
             metrics=service.metrics,
         ),
         *(middleware or []),
+        # innermost, so that extra middleware sees /v1/detect as any other request
+        Middleware(api.DetectFastPath, service=service, route=_detect_route()),
     ]
     from detops import __version__
 
