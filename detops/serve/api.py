@@ -148,6 +148,22 @@ async def detect(
     except HTTPProblem as p:
         svc.metrics.reject(p.code)
         raise
+    body, after = await _detect_one(
+        svc, data, state, request.headers.get("x-client-key"), score_threshold, max_detections
+    )
+    return json_response(body, background=BackgroundTask(_run_all, after) if after else None)
+
+
+async def _detect_one(
+    svc: Service,
+    data: bytes,
+    state: dict[str, Any],
+    client_key: str | None,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+) -> tuple[dict[str, Any], list[Callable[[], None]]]:
+    """One image of ``POST /v1/detect`` (the FastAPI route's and the fast path's): the response
+    body, and the work to run once it is sent (the prediction-log record, see Service.detect)."""
     after: list[Callable[[], None]] = []
     body = await svc.detect(
         data,
@@ -156,11 +172,10 @@ async def detect(
         score_threshold=score_threshold,
         max_detections=max_detections,
         state=state,
-        client_key=request.headers.get("x-client-key"),
+        client_key=client_key,
         after=after,
     )
-    # the prediction-log record is made once the response is sent (see Service.detect)
-    return json_response(body, background=BackgroundTask(_run_all, after) if after else None)
+    return body, after
 
 
 class DetectFastPath:
@@ -204,7 +219,7 @@ class DetectFastPath:
             svc.check_detect_token(auth.decode("latin-1") if auth else None, "/v1/detect")
         except HTTPProblem as p:
             svc.metrics.reject(p.code)
-            await _send_json(send, p.status, error_bytes(p), p.headers)
+            await _send_json(send, p.status, error_json(p.detail, p.code), p.headers)
             return
         chunks = []
         while True:  # BodyTooLarge from ServeMiddleware's receive goes back to it (413)
@@ -215,25 +230,15 @@ class DetectFastPath:
             if not message.get("more_body", False):
                 break
         key = headers.get(b"x-client-key")
-        after: list[Callable[[], None]] = []
         try:
-            body = await svc.detect(
-                b"".join(chunks),
-                request_id=state["request_id"],
-                started=state["started"],
-                state=state,
-                client_key=key.decode("latin-1") if key is not None else None,
-                after=after,
+            body, after = await _detect_one(
+                svc, b"".join(chunks), state, key.decode("latin-1") if key is not None else None
             )
         except HTTPProblem as p:  # counted by Service.detect
-            await _send_json(send, p.status, error_bytes(p), p.headers)
+            await _send_json(send, p.status, error_json(p.detail, p.code), p.headers)
             return
         await _send_json(send, 200, json_bytes(body))
         await _run_all(after)
-
-
-def error_bytes(p: HTTPProblem) -> bytes:
-    return error_json(p.detail, p.code)
 
 
 async def _send_json(

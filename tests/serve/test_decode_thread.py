@@ -19,6 +19,7 @@ from PIL import Image
 import detops.serve.service as service_module
 from detops.model.registry import load_runtime
 from tests.serve.conftest import image_bytes, wait_until
+from tests.serve.test_metrics import metric
 from tests.serve.test_predlog import rows
 
 JPEG = {"content-type": "image/jpeg"}
@@ -65,11 +66,6 @@ def test_a_lone_request_is_decoded_on_the_event_loop_thread(
     assert len(runs) == 3 and all(_in_pool(n) for n in runs), runs  # the model: never the loop
 
 
-def _metric(server: Any, name: str) -> float:
-    text = server.client.get("/metrics").text
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name))
-
-
 def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sent(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
@@ -106,7 +102,7 @@ def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sen
     )
     # the record's latency and the latency histogram end with the response, not the features
     assert rec["latency_ms"] < 500 and rec["status"] == 200, rec
-    assert _metric(server, "detops_total_seconds_sum") < 0.5
+    assert metric(server, "detops_total_seconds", "detops_total_seconds_sum") < 0.5
 
 
 def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_goes_on(
@@ -126,38 +122,47 @@ def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_
     data = image_bytes(97, 53, "JPEG", seed=4)
     first = server.client.post("/v1/detect", content=data, headers=JPEG)
     assert first.status_code == 200, first.text  # the client had its answer before the failure
-    dropped = 'detops_prediction_log_records_total{outcome="dropped_error"}'
-    wait_until(lambda: _metric(server, dropped) == 1, what="the dropped record counted")
+    wait_until(
+        lambda: metric(server, "detops_prediction_log_records",
+                       "detops_prediction_log_records_total", outcome="dropped_error") == 1,
+        what="the dropped record counted",
+    )  # fmt: skip
     second = server.client.post("/v1/detect", content=data, headers=JPEG)
     assert second.status_code == 200, second.text
     wait_until(lambda: len(rows(server.ws)) == 1, what="the second request's record")
     assert rows(server.ws)[0]["request_id"] == second.json()["request_id"]
 
 
-def test_features_taken_from_several_threads_at_once_are_computed_for_all_of_them():
+def test_features_asked_for_by_two_threads_at_once_are_computed_once(
+    monkeypatch: pytest.MonkeyPatch,
+):
     # a deferred prediction-log record and a shadow run may take a request's features at once
     img = np.asarray(Image.open(io.BytesIO(image_bytes(97, 53, "PNG", seed=3))).convert("RGB"))
-    want = service_module.image_features(img)
-    for _ in range(50):
-        prep = service_module.Prepared(np.zeros(1), None, None, 0.0, image=img)
-        got: list[Any] = []
-        errors: list[BaseException] = []
+    real = service_module.image_features
+    want = real(img)
+    inside, release = threading.Event(), threading.Event()
+    calls: list[str] = []
 
-        def take(p: Any, b: threading.Barrier, out: list[Any], bad: list[BaseException]) -> None:
-            b.wait()
-            try:
-                out.append(p.take_features())
-            except BaseException as e:
-                bad.append(e)
+    def slow(image: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        inside.set()
+        assert release.wait(10)
+        return real(image)
 
-        start = threading.Barrier(6)
-        workers = [threading.Thread(target=take, args=(prep, start, got, errors))
-                   for _ in range(6)]  # fmt: skip
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        assert not errors and got == [want] * 6 and prep.image is None
+    monkeypatch.setattr(service_module, "image_features", slow)
+    prep = service_module.Prepared(np.zeros(1), None, None, 0.0, image=img)
+    got: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: got.update(first=prep.take_features()), name="first")
+    second = threading.Thread(target=lambda: got.update(second=prep.take_features()))
+    first.start()
+    assert inside.wait(10)  # the first is computing them
+    second.start()
+    time.sleep(0.2)  # the second asks meanwhile
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert calls == ["first"], calls  # computed once, by the first; the second waited
+    assert got == {"first": want, "second": want} and prep.image is None
 
 
 def test_a_large_image_goes_to_the_pool_and_is_still_answered(

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 from detops.serve import api
 from tests.serve.conftest import image_bytes
 from tests.serve.test_hardening import png_header_only
+from tests.serve.test_metrics import metric
 
 JPEG = {"content-type": "image/jpeg"}
 TOKEN = "fast-token"
@@ -24,11 +25,6 @@ def _fastapi_only(monkeypatch: pytest.MonkeyPatch) -> None:
         await self.app(scope, receive, send)
 
     monkeypatch.setattr(api.DetectFastPath, "__call__", passthrough)
-
-
-def _counter(server: Any, prefix: str) -> float:
-    text = server.client.get("/metrics").text
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(prefix))
 
 
 def _chunks(data: bytes, size: int = 4096) -> Any:
@@ -86,8 +82,10 @@ def test_both_paths_answer_every_case_alike(running_server, monkeypatch: pytest.
         r = _send(server, kwargs)
         assert r.headers["x-request-id"] and int(r.headers["content-length"]) == len(r.content)
         seen[name] = _comparable(r)
-    rejected = _counter(server, "detops_rejections_total")
-    served = _counter(server, 'detops_requests_total{route="/v1/detect"')
+    rejected = metric(server, "detops_rejections", "detops_rejections_total")
+    served = metric(server, "detops_requests", "detops_requests_total", route="/v1/detect")
+    # a declared body over the limit is refused before any route: labelled "other"
+    assert rejected == 8 and served == len(CASES) - 1, (rejected, served)
     assert seen["jpeg"][0] == 200 and seen["jpeg"][1]["image"] == {"width": 97, "height": 53}
     assert seen["jpg alias, request id, client key"][1]["request_id"] == "abc-1"
     assert [seen[n][0] for n, _ in CASES[3:]] == [400, 400, 400, 413, 413, 413, 401, 403]
@@ -96,8 +94,10 @@ def test_both_paths_answer_every_case_alike(running_server, monkeypatch: pytest.
     for name, kwargs in CASES:
         assert _comparable(_send(server, kwargs)) == seen[name], name
     # the refusals and the served requests are counted the same way on both paths
-    assert _counter(server, "detops_rejections_total") == 2 * rejected
-    assert _counter(server, 'detops_requests_total{route="/v1/detect"') == 2 * served
+    assert metric(server, "detops_rejections", "detops_rejections_total") == 2 * rejected
+    assert metric(
+        server, "detops_requests", "detops_requests_total", route="/v1/detect"
+    ) == 2 * served
 
 
 def test_the_fast_path_takes_only_a_raw_image_without_query(

@@ -42,6 +42,11 @@ def value(fam, name: str, **labels) -> float:
     )
 
 
+def metric(server, family: str, name: str, **labels) -> float:
+    """The sum of ``name``'s samples with these labels in ``family``, scraped now."""
+    return value(families(server)[family], name, **labels)
+
+
 def test_metrics_families_labels_and_counts(running_server):
     server = running_server({"serve.batch_policy": "wait", "serve.max_queue_delay_ms": 20})
     data = image_bytes()
