@@ -29,7 +29,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,12 +256,18 @@ class Runtime:
             limit = max_pixels if limit is None else min(limit, max_pixels)
         return decode_image(data, max_pixels=limit, predictable_only=predictable_only)
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Transform]]:
-        """A ``[B, 3, H, W]`` float32 batch and one :class:`Transform` per image."""
+    def preprocess(
+        self, images: Sequence[np.ndarray], allocate: Callable[..., np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[Transform]]:
+        """A ``[B, 3, H, W]`` float32 batch and one :class:`Transform` per image.
+
+        ``allocate``: makes the batch array instead of ``np.empty`` (called with its shape and
+        dtype; every element is then written).
+        """
         spec = self.spec
         iw, ih = spec.input_width, spec.input_height
         letterbox = spec.resize == "letterbox"
-        batch = np.empty((len(images), 3, ih, iw), np.float32)
+        batch = (allocate or np.empty)((len(images), 3, ih, iw), np.float32)
         transforms = []
         for i, img in enumerate(images):
             h, w = _check_image(img, i).shape[:2]

@@ -383,22 +383,28 @@ class Batcher:
             # take jobs only once a lane is free: while direct runs hold them, jobs stay
             # queued (visible in the depth, counted against max_queue) and batch together
             with self._lane_slots:
-                jobs = self._take()
-                if not jobs:  # another lane took them: wait for more without holding a lane
-                    continue
-                self._on_depth(len(self._queue))
-                now = time.monotonic()
-                live = []
-                for job in jobs:
-                    if job.future.done():  # cancelled by a caller that gave up
-                        continue
-                    if now > job.deadline:
-                        err = DeadlineExceeded(f"model {self.name}: request expired in the queue")
-                        job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
-                        continue
-                    live.append(job)
-                if live:
-                    self._run_batch(live, now)
+                self._run_next()
+
+    def _run_next(self) -> None:
+        """Take the next batch (the caller holds a lane) and run it. A method of its own so
+        that its jobs go when it returns: their tensors may be slots of the server's
+        TensorPool, which a name left bound in ``_run`` kept until the next batch."""
+        jobs = self._take()
+        if not jobs:  # another lane took them: wait for more without holding a lane
+            return
+        self._on_depth(len(self._queue))
+        now = time.monotonic()
+        live = []
+        for job in jobs:
+            if job.future.done():  # cancelled by a caller that gave up
+                continue
+            if now > job.deadline:
+                err = DeadlineExceeded(f"model {self.name}: request expired in the queue")
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+                continue
+            live.append(job)
+        if live:
+            self._run_batch(live, now)
 
     def _run_batch(self, jobs: list[_Job], started: float) -> None:
         tensors = [j.tensor for j in jobs]

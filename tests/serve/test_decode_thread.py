@@ -31,9 +31,9 @@ def threads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     seen: list[tuple[str, bool]] = []
     real = service_module._prepare
 
-    def spy(runtime: Any, batcher: Any, data: bytes, inline: bool = False) -> Any:
+    def spy(runtime: Any, batcher: Any, data: bytes, inline: bool = False, *rest: Any) -> Any:
         seen.append((threading.current_thread().name, inline))
-        return real(runtime, batcher, data, inline)
+        return real(runtime, batcher, data, inline, *rest)
 
     monkeypatch.setattr(service_module, "_prepare", spy)
     return seen
@@ -272,9 +272,9 @@ def test_requests_are_decoded_while_every_lane_runs_the_model(
     model_ends: list[float] = []
     real_prepare, real_lane = service_module._prepare, batcher._infer_lane
 
-    def prepare(runtime: Any, batcher: Any, data: bytes, inline: bool = False) -> Any:
+    def prepare(runtime: Any, batcher: Any, data: bytes, inline: bool = False, *rest: Any) -> Any:
         decoded.append(time.monotonic() - t0)
-        return real_prepare(runtime, batcher, data, inline)
+        return real_prepare(runtime, batcher, data, inline, *rest)
 
     def slow_lane(batch: Any, queued: bool = False) -> Any:
         time.sleep(0.5)  # holding the lane
