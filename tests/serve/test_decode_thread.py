@@ -18,6 +18,8 @@ from PIL import Image
 
 import detops.serve.service as service_module
 from detops.model.registry import load_runtime
+from detops.model.runtime import Transform
+from detops.monitor.features import grey_view, image_features
 from tests.serve.conftest import image_bytes, wait_until
 from tests.serve.test_metrics import metric
 from tests.serve.test_predlog import rows
@@ -72,19 +74,19 @@ def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sen
     server = running_server({"serve.log_flush_ms": 20})
     batcher = server.service.host.current.batcher
     events: list[tuple[str, str]] = []  # (what, thread)
-    real_try, real_features = batcher.try_direct, service_module.image_features
+    real_try, real_features = batcher.try_direct, service_module.grey_features
 
     def try_direct(tensor: Any) -> Any:
         events.append(("model", threading.current_thread().name))
         return real_try(tensor)
 
-    def features(img: Any) -> Any:
+    def features(grey: Any, width: int, height: int) -> Any:
         events.append(("features", threading.current_thread().name))
         time.sleep(0.6)  # slow features: the client must not wait for them
-        return real_features(img)
+        return real_features(grey, width, height)
 
     monkeypatch.setattr(batcher, "try_direct", try_direct)
-    monkeypatch.setattr(service_module, "image_features", features)
+    monkeypatch.setattr(service_module, "grey_features", features)
     data = image_bytes(97, 53, "JPEG", seed=4)
     t0 = time.perf_counter()
     r = server.client.post("/v1/detect", content=data, headers=JPEG)
@@ -95,8 +97,9 @@ def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sen
     wait_until(lambda: len(rows(server.ws)) == 1, what="the request's record")
     assert [e[0] for e in events] == ["model", "features"], events
     assert _in_pool(events[0][1]) and not _in_pool(events[1][1]), events
-    want = real_features(load_runtime(server.ws, "det@v1").decode_image(data))
+    want = image_features(load_runtime(server.ws, "det@v1").decode_image(data))
     rec = rows(server.ws)[0]
+    assert (rec["width"], rec["height"]) == (97, 53)
     assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
         (want.brightness, want.contrast, want.sharpness)
     )
@@ -109,16 +112,16 @@ def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
     server = running_server({"serve.log_flush_ms": 20})
-    real_features = service_module.image_features
+    real_features = service_module.grey_features
     calls = []
 
-    def features(img: Any) -> Any:
+    def features(grey: Any, width: int, height: int) -> Any:
         calls.append(1)
         if len(calls) == 1:
-            raise MemoryError("no room for the grey view")
-        return real_features(img)
+            raise MemoryError("no room for the Laplacian")
+        return real_features(grey, width, height)
 
-    monkeypatch.setattr(service_module, "image_features", features)
+    monkeypatch.setattr(service_module, "grey_features", features)
     data = image_bytes(97, 53, "JPEG", seed=4)
     first = server.client.post("/v1/detect", content=data, headers=JPEG)
     assert first.status_code == 200, first.text  # the client had its answer before the failure
@@ -138,19 +141,20 @@ def test_features_asked_for_by_two_threads_at_once_are_computed_once(
 ):
     # a deferred prediction-log record and a shadow run may take a request's features at once
     img = np.asarray(Image.open(io.BytesIO(image_bytes(97, 53, "PNG", seed=3))).convert("RGB"))
-    real = service_module.image_features
-    want = real(img)
+    real = service_module.grey_features
+    want = image_features(img)
     inside, release = threading.Event(), threading.Event()
     calls: list[str] = []
 
-    def slow(image: Any) -> Any:
+    def slow(grey: Any, width: int, height: int) -> Any:
         calls.append(threading.current_thread().name)
         inside.set()
         assert release.wait(10)
-        return real(image)
+        return real(grey, width, height)
 
-    monkeypatch.setattr(service_module, "image_features", slow)
-    prep = service_module.Prepared(np.zeros(1), None, None, 0.0, image=img)
+    monkeypatch.setattr(service_module, "grey_features", slow)
+    transform = Transform(1.0, 1.0, 0, 0, 97, 53)
+    prep = service_module.Prepared(np.zeros(1), transform, None, 0.0, grey=grey_view(img))
     got: dict[str, Any] = {}
     first = threading.Thread(target=lambda: got.update(first=prep.take_features()), name="first")
     second = threading.Thread(target=lambda: got.update(second=prep.take_features()))
@@ -162,7 +166,7 @@ def test_features_asked_for_by_two_threads_at_once_are_computed_once(
     first.join(10)
     second.join(10)
     assert calls == ["first"], calls  # computed once, by the first; the second waited
-    assert got == {"first": want, "second": want} and prep.image is None
+    assert got == {"first": want, "second": want} and prep.grey is None
 
 
 def test_a_large_image_goes_to_the_pool_and_is_still_answered(
