@@ -35,7 +35,9 @@ class TensorPool:
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         self._free: dict[tuple[tuple[int, ...], str], list[bytearray]] = defaultdict(list)
-        self._lock = threading.Lock()
+        # reentrant: a finalizer can run inside take (a collection that frees an array in a
+        # reference cycle, started by an allocation while the lock is held)
+        self._lock = threading.RLock()
         self.bytes = 0  # in slots, free or handed out
         self.fallbacks = 0  # takes that found no slot and allocated
 

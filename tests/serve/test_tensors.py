@@ -129,3 +129,28 @@ def test_free_slots_of_another_shape_make_room_for_a_new_one():
     assert not any(np.shares_memory(keep, x) for x in new)
     del keep
     assert pool.free_slots() == 1
+
+
+def test_a_slot_freed_by_a_collection_inside_take_does_not_deadlock():
+    pool = TensorPool()
+
+    class Cycle:
+        pass
+
+    held = Cycle()
+    held.me = held  # only the cyclic collector frees it, at some allocation
+    held.array = pool.take(SHAPE)
+    del held
+
+    class Collecting(dict):
+        def __missing__(self, key):  # a new shape: an allocation under the pool's lock
+            gc.collect()
+            self[key] = []
+            return self[key]
+
+    pool._free = Collecting(pool._free)
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (pool.take((1, 3, 4, 4)), done.set()), daemon=True)
+    th.start()
+    assert done.wait(10), "take() deadlocked on the slot the collection gave back"
+    assert pool.free_slots() == 2  # the collected one and the new one (dropped at once)
