@@ -348,8 +348,7 @@ def main() -> None:
     load_before = f"{os.getloadavg()[0]:.2f}"
     # baselines, in this process while the servers idle; re-measured next to every server run
     # (other work on the machine comes and goes, so a baseline from minutes ago would lie).
-    # The c=1 baseline runs with the spinning of the server it is compared with ("alone" spins
-    # in a lone request's runs, which are every run at c=1)
+    # The c=1 pipeline runs with ONNX Runtime's spinning off and on; the faster is the baseline
     rts = {spin: load_runtime(ws, "det@production", allow_spinning=spin) for spin in (False, True)}
     for r in rts.values():
         r.warmup(3)
@@ -361,13 +360,13 @@ def main() -> None:
     def base_c1(seconds: float = dur / 2, spinning: bool = False) -> float:
         return p50_latency_ms(lambda: rts[spinning].predict_bytes([jpeg]), seconds)
 
+    half = max(1, round(dur / 2))  # one slice of a side, seconds (wrk takes whole seconds)
+
     def base_b8() -> float:
-        return batch_rate(rt, jpegs8, dur / 2)
+        return batch_rate(rt, jpegs8, half)
 
     def base_noop(seconds: float = dur / 2) -> float:
         return p50_latency_ms(lambda: noop_rt.predict_bytes([jpeg]), seconds)
-
-    half = max(1, round(dur / 2))
 
     class Side:
         """A server's slices of wrk load (and its CPU per request while it served)."""
@@ -433,8 +432,8 @@ def main() -> None:
         sides = {name: Side(srv, 1) for name, srv in servers.items()}
         got = rotate(
             {
-                "in-process": lambda: base_c1(dur / 2, False),
-                "in-process spinning": lambda: base_c1(dur / 2, True),
+                "in-process": lambda: base_c1(half, False),
+                "in-process spinning": lambda: base_c1(half, True),
                 **sides,
             }
         )
@@ -444,19 +443,22 @@ def main() -> None:
     base_name = min(("in-process", "in-process spinning"), key=lambda n: np.median(got[n]))
     bases = got[base_name]
 
-    def c1(name: str) -> C1:
-        res = C1(got[name], bases, sides[name].cpu_ms)
+    def c1(name: str, got: dict[str, list[Any]], bases: list[float], side: Side) -> C1:
+        res = C1(got[name], bases, side.cpu_ms)
         print(f"{name}: {res}", flush=True)
         return res
 
     print(f"in-process c=1 p50: {np.median(got['in-process']):.3f} ms, with spinning "
           f"{np.median(got['in-process spinning']):.3f} ms", flush=True)  # fmt: skip
-    spin = {False: c1("detops false"), True: c1("detops alone")}
+    spin = {
+        n == "detops alone": c1(n, got, bases, sides[n]) for n in ("detops false", "detops alone")
+    }
     off, on = spin[False], spin[True]
     use_spin = on.p50_ms < off.p50_ms  # the faster; under load "alone" does not spin
     chosen = spin[use_spin]
     spin_mode = SPIN[use_spin]
-    h_c1 = min(c1("hand-written"), c1("hand-written spinning"), key=lambda r: r.p50_ms)
+    hands = [c1(n, got, bases, sides[n]) for n in ("hand-written", "hand-written spinning")]
+    h_c1 = min(hands, key=lambda r: r.p50_ms)
     results["spinning"] = {
         "off": {"p50_ms": off.p50_ms, "cpu_ms_per_request": off.cpu_ms},
         "alone": {"p50_ms": on.p50_ms, "cpu_ms_per_request": on.cpu_ms},
@@ -488,7 +490,8 @@ def main() -> None:
                       for f in ("rps", "p50_ms", "p99_ms")),
                     sum(x.requests for x in loads), sum(x.errors for x in loads))  # fmt: skip
 
-    c8 = {name: median_load(got[name]) for name in servers}
+    c8_slices = {name: got[name] for name in servers}
+    c8 = {name: median_load(loads) for name, loads in c8_slices.items()}
     print(f"in-process batch 8: {b8:.1f} img/s (slices "
           f"{', '.join(f'{x:.1f}' for x in got['in-process'])})", flush=True)  # fmt: skip
     for name, res in c8.items():
@@ -535,12 +538,11 @@ def main() -> None:
                      "hand-written": hand("noop@production", use_spin)})  # fmt: skip
     try:
         sides = {name: Side(srv, 1) for name, srv in servers.items()}
-        got = rotate({"in-process": lambda: base_noop(dur / 2), **sides})
+        got = rotate({"in-process": lambda: base_noop(half), **sides})
     finally:
         for srv in servers.values():
             srv.stop()
-    bases = got["in-process"]
-    noop, h_noop = c1("detops"), c1("hand-written")
+    noop, h_noop = (c1(n, got, got["in-process"], sides[n]) for n in ("detops", "hand-written"))
     rows.append(("no-op graph c=1 p50", f"{noop.p50_ms:.3f} ms", f"{noop.base_ms:.3f} ms",
                  f"+{noop.overhead_ms:.3f} ms",
                  _verdict(noop.overhead_ms <= 1.0, "overhead <= 1 ms")))  # fmt: skip
@@ -573,15 +575,16 @@ def main() -> None:
     rows.append(("ORT spinning (c=1 measure)", spin_mode,
                  f"false: p50 {off.p50_ms:.2f} ms, {off.cpu_ms:.2f} CPU-ms/req; "
                  f"alone: p50 {on.p50_ms:.2f} ms, {on.cpu_ms:.2f} CPU-ms/req", "", ""))  # fmt: skip
-    loads = [*chosen.loads, *noop.loads, c8_auto, c8_off, c8_wait, c8_one]
+    loads = [*off.loads, *on.loads, *(x for h in hands for x in h.loads), *noop.loads,
+             *h_noop.loads, *(x for name in c8 for x in c8_slices[name])]  # fmt: skip
     errors = sum(x.errors for x in loads)
-    rows.append(("non-2xx / socket errors (all runs)", str(errors), "", "",
+    rows.append(("non-2xx / socket errors (every slice)", str(errors), "", "",
                  _verdict(errors == 0, "0")))  # fmt: skip
 
     print()
     print(f"detops serve, {args.model} detector {args.size}x{args.size} ({args.classes} classes, "
           f"random weights), {os.cpu_count()} cores, wrk -t1, prediction log on, "
-          f"medians of {args.slices} alternating slices of {dur / 2:.0f} s a side; load average "
+          f"medians of {args.slices} alternating slices of {half} s a side; load average "
           f"before/after {load_before} / {os.getloadavg()[0]:.2f}")  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     head = ("measure", "detops serve", "baseline", "ratio", "target")

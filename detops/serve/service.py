@@ -102,7 +102,7 @@ class Prepared:
     tensor: np.ndarray
     transform: Any
     features: ImageFeatures | None  # None until computed (see _prepare's ``inline``)
-    decode_s: float  # decode + pre-processing (+ the features when decoded in the pool)
+    decode_s: float  # decode + pre-processing + the features (pool) or the grey view (inline)
     result: BatchResult | None = None  # set when the model was idle and ran right away
     grey: np.ndarray | None = None  # the image's grey view, kept until the features are taken
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

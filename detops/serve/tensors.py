@@ -8,7 +8,7 @@ model, 16 threads) ``malloc_stats`` showed the arenas growing in 1.2 MB steps lo
 warm-up while the bytes in use stayed at 42-51 MB: RSS after 20,000 requests was +3.3% to
 +5.9% over RSS after 2,000 (seven runs), and still rising at 40,000. Trimming the heap every
 second did not help (the pages are touched again at once), nor did one or two arenas
-(``MALLOC_ARENA_MAX``: +0.2% to +17%). With the pool: +1.1% to +1.7% (five runs), and 15-20 MB
+(``MALLOC_ARENA_MAX``: +0.2% to +17%). With the pool: +0.5% to +1.7% (seven runs), and 15-20 MB
 less RSS. A lone request decoded on the event loop allocates its own tensor (see
 ``service._prepare``)."""
 
@@ -30,13 +30,18 @@ class TensorPool:
     At most ``max_bytes`` of slots in all (all shapes together; free slots of one shape make
     room for another); past that, and for shapes of more than a quarter of it, :meth:`take`
     allocates as ``np.empty`` would.
+
+    The one rule for callers: hold a reference to the array (or a view of it) for as long as
+    its memory is read or written; a raw pointer (``.ctypes.data``, ``__array_interface__``,
+    an ONNX Runtime IOBinding by address) does not keep the slot.
     """
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         self._free: dict[tuple[tuple[int, ...], str], list[bytearray]] = defaultdict(list)
         # reentrant: a finalizer can run inside take (a collection that frees an array in a
-        # reference cycle, started by an allocation while the lock is held)
+        # reference cycle, started by an allocation while the lock is held). It only appends
+        # to a list of _free: no key is ever removed, so _room's iteration stays valid
         self._lock = threading.RLock()
         self.bytes = 0  # in slots, free or handed out
         self.fallbacks = 0  # takes that found no slot and allocated
@@ -46,7 +51,7 @@ class TensorPool:
         nbytes = int(np.prod(shape)) * dt.itemsize
         key = (tuple(shape), dt.str)
         with self._lock:
-            free = self._free[key]
+            free = self._free.get(key)  # not [key]: a refused shape leaves no entry
             if free:
                 slot = free.pop()
             elif nbytes * 4 <= self.max_bytes and self._room(nbytes, key):
@@ -61,11 +66,18 @@ class TensorPool:
 
     def _room(self, nbytes: int, key: tuple[tuple[int, ...], str]) -> bool:
         """Whether ``nbytes`` more fit under the cap, after dropping the free slots of other
-        shapes if needed (a model of another input size took over). Under the lock."""
-        for other, free in self._free.items():
-            while other != key and free and self.bytes + nbytes > self.max_bytes:
+        shapes if needed (a model of another input size took over); nothing is dropped when
+        even that would not make room. Under the lock."""
+        over = self.bytes + nbytes - self.max_bytes
+        if over <= 0:
+            return True
+        others = [free for other, free in list(self._free.items()) if other != key]
+        if sum(len(slot) for free in others for slot in free) < over:
+            return False
+        for free in others:
+            while free and self.bytes + nbytes > self.max_bytes:
                 self.bytes -= len(free.pop())
-        return self.bytes + nbytes <= self.max_bytes
+        return True
 
     def _give_back(self, key: tuple[tuple[int, ...], str], slot: bytearray) -> None:
         with self._lock:

@@ -137,20 +137,36 @@ def test_a_slot_freed_by_a_collection_inside_take_does_not_deadlock():
     class Cycle:
         pass
 
-    held = Cycle()
-    held.me = held  # only the cyclic collector frees it, at some allocation
-    held.array = pool.take(SHAPE)
-    del held
+    gc.disable()  # no automatic collection may free the cycle before take holds the lock
+    try:
+        held = Cycle()
+        held.me = held  # only the cyclic collector frees it
+        held.array = pool.take(SHAPE)
+        del held
+        assert pool.free_slots() == 0
+        real_room = pool._room
 
-    class Collecting(dict):
-        def __missing__(self, key):  # a new shape: an allocation under the pool's lock
-            gc.collect()
-            self[key] = []
-            return self[key]
+        def room(nbytes: int, key: tuple) -> bool:  # a new shape, under the pool's lock
+            gc.collect()  # as an allocation there could start one
+            return real_room(nbytes, key)
 
-    pool._free = Collecting(pool._free)
-    done = threading.Event()
-    th = threading.Thread(target=lambda: (pool.take((1, 3, 4, 4)), done.set()), daemon=True)
-    th.start()
-    assert done.wait(10), "take() deadlocked on the slot the collection gave back"
+        pool._room = room  # type: ignore[method-assign]
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (pool.take((1, 3, 4, 4)), done.set()), daemon=True)
+        th.start()
+        assert done.wait(10), "take() deadlocked on the slot the collection gave back"
+    finally:
+        gc.enable()
     assert pool.free_slots() == 2  # the collected one and the new one (dropped at once)
+
+
+def test_no_free_slot_is_dropped_for_a_shape_that_would_not_fit_anyway():
+    nbytes = int(np.prod(SHAPE)) * 4
+    pool = TensorPool(max_bytes=8 * nbytes)
+    held = [pool.take(SHAPE) for _ in range(7)]
+    spare = pool.take(SHAPE)
+    del spare  # the cap is full: one free slot of SHAPE, seven in use
+    wide = pool.take((1, 3, 8, 16))  # two slots' worth: the free one alone cannot make room
+    assert wide.shape == (1, 3, 8, 16) and pool.fallbacks == 1
+    assert pool.free_slots() == 1 and pool.bytes == 8 * nbytes  # the free slot was kept
+    assert len(held) == 7
