@@ -151,7 +151,7 @@ async def detect(
     body, after = await _detect_one(
         svc, data, state, request.headers.get("x-client-key"), score_threshold, max_detections
     )
-    return json_response(body, background=BackgroundTask(_run_all, after) if after else None)
+    return json_response(body, background=BackgroundTask(_defer, svc, after) if after else None)
 
 
 async def _detect_one(
@@ -238,7 +238,7 @@ class DetectFastPath:
             await _send_json(send, p.status, error_json(p.detail, p.code), p.headers)
             return
         await _send_json(send, 200, json_bytes(body))
-        await _run_all(after)
+        svc.defer(after)
 
 
 async def _send_json(
@@ -250,11 +250,10 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _run_all(calls: list[Callable[[], None]]) -> None:
-    """A response's background work, run once its last byte is sent: a coroutine, so
-    Starlette runs it on the event loop instead of handing it to a worker thread."""
-    for call in calls:
-        call()
+async def _defer(svc: Service, calls: list[Callable[[], None]]) -> None:
+    """A response's background work, handed to ``Service.defer`` once its last byte is sent: a
+    coroutine, so Starlette runs it on the event loop instead of in a worker thread."""
+    svc.defer(calls)
 
 
 @router.post(

@@ -36,7 +36,9 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
 async def metrics(request: Request) -> Response:
-    return Response(_service(request).metrics.exposition(), media_type=CONTENT_TYPE)
+    svc = _service(request)
+    svc.run_deferred()  # the answered requests' records count, however recent (Service.defer)
+    return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 @router.post("/admin/reload", summary="Check the followed alias now and swap if it moved")

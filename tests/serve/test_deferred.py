@@ -1,0 +1,111 @@
+"""A sent response's prediction-log record waits for the event loop's next idle moment
+(``Service.defer``): the next request's hand-off to the pool, a metrics scrape, shut-down, or
+``DEFER_S`` at the latest. Against a real server, and on bare event loops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import detops.serve.service as service_module
+from detops.config import ServeSettings
+from detops.serve.models import ModelHost
+from detops.serve.routing import LiveRouter
+from detops.serve.service import Service
+from tests.serve.conftest import image_bytes, wait_until
+from tests.serve.test_predlog import rows
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+def spy_records(monkeypatch: pytest.MonkeyPatch, service: Service) -> list[str]:
+    """Request ids of the records handed to the prediction log, in order."""
+    seen: list[str] = []
+    real = service.log.record
+
+    def record(rec: dict[str, Any], sample: bytes | None = None) -> Any:
+        seen.append(rec["request_id"])
+        return real(rec, sample)
+
+    monkeypatch.setattr(service.log, "record", record)
+    return seen
+
+
+def post(server: Any, rid: str, query: str = "") -> None:
+    r = server.client.post(
+        "/v1/detect" + query, content=image_bytes(64, 48, "JPEG"), headers=dict(JPEG, **{
+            "x-request-id": rid})
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def test_a_record_waits_for_the_next_request_a_scrape_or_shutdown(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(service_module, "DEFER_S", 3600.0)  # only the idle moments count
+    server = running_server()
+    seen = spy_records(monkeypatch, server.service)
+    post(server, "a")
+    assert seen == []  # answered, its record deferred
+    post(server, "b")  # b's hand-off to the pool ran a's record
+    assert seen == ["a"]
+    server.client.get("/metrics")
+    assert seen == ["a", "b"]
+    post(server, "c", "?score_threshold=0.5")  # the FastAPI route defers alike
+    assert seen == ["a", "b"]
+    server.stop()  # shut-down runs it before the log closes: stored, not lost
+    assert seen == ["a", "b", "c"]
+    assert sorted(r["request_id"] for r in rows(server.ws)) == ["a", "b", "c"]
+
+
+def test_a_lone_requests_record_is_made_without_another_request(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server({"serve.log_flush_ms": 20})
+    seen = spy_records(monkeypatch, server.service)
+    post(server, "alone")
+    wait_until(lambda: seen == ["alone"], timeout=5, what="the deferred record (DEFER_S)")
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
+
+
+def test_work_deferred_on_a_loop_that_ended_runs_on_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(service_module, "DEFER_S", 3600.0)
+    host = ModelHost("det@production", resolve=lambda: ("det", 1), load=None)
+    svc = Service(ServeSettings(), LiveRouter(host), host=host, decode_threads=1)
+    ran: list[str] = []
+
+    async def defer(tag: str) -> None:
+        svc.defer([lambda: ran.append(tag)])
+
+    try:
+        asyncio.run(defer("a"))  # its loop closes with the timer pending
+        assert ran == []
+        asyncio.run(defer("b"))  # a is not left to the dead loop
+        assert ran == ["a"]
+        svc.run_deferred()
+        svc.run_deferred()  # each call runs once
+        assert ran == ["a", "b"]
+    finally:
+        svc.pool.shutdown()
+
+
+def test_deferred_work_runs_once_when_its_timer_fires():
+    host = ModelHost("det@production", resolve=lambda: ("det", 1), load=None)
+    svc = Service(ServeSettings(), LiveRouter(host), host=host, decode_threads=1)
+    ran: list[int] = []
+
+    async def main() -> None:
+        svc.defer([lambda: ran.append(1), lambda: ran.append(2)])
+        svc.defer([])  # nothing to do: no new timer
+        await asyncio.sleep(service_module.DEFER_S * 4)
+
+    try:
+        asyncio.run(main())
+        svc.run_deferred()
+        assert ran == [1, 2]
+    finally:
+        svc.pool.shutdown()
