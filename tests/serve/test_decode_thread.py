@@ -108,6 +108,31 @@ def test_a_lone_request_takes_its_features_on_the_loop_after_its_response_is_sen
     assert metric(server, "detops_total_seconds", "detops_total_seconds_sum") < 0.5
 
 
+def test_a_lone_requests_grey_view_is_taken_on_the_loop_while_its_model_runs(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server()
+    batcher = server.service.host.current.batcher
+    real_try, real_view = batcher.try_direct, service_module.grey_view
+    model_started = threading.Event()
+    seen: list[tuple[bool, str]] = []  # (the model had started, thread)
+
+    def try_direct(tensor: Any) -> Any:
+        model_started.set()
+        return real_try(tensor)
+
+    def view(image: Any) -> Any:
+        # taken before the model was handed to the pool, this would wait in vain
+        seen.append((model_started.wait(5), threading.current_thread().name))
+        return real_view(image)
+
+    monkeypatch.setattr(batcher, "try_direct", try_direct)
+    monkeypatch.setattr(service_module, "grey_view", view)
+    r = server.client.post("/v1/detect", content=image_bytes(97, 53, "JPEG", seed=2), headers=JPEG)
+    assert r.status_code == 200, r.text
+    assert len(seen) == 1 and seen[0][0] and not _in_pool(seen[0][1]), seen
+
+
 def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_goes_on(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
