@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -109,3 +110,28 @@ def test_deferred_work_runs_once_when_its_timer_fires():
         assert ran == [1, 2]
     finally:
         svc.pool.shutdown()
+
+
+def test_a_failing_deferred_call_is_logged_and_the_rest_still_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setattr(service_module, "DEFER_S", 3600.0)
+    host = ModelHost("det@production", resolve=lambda: ("det", 1), load=None)
+    svc = Service(ServeSettings(), LiveRouter(host), host=host, decode_threads=1)
+    ran: list[int] = []
+
+    def boom() -> None:
+        raise RuntimeError("the store went away")
+
+    async def main() -> None:
+        svc.defer([boom, lambda: ran.append(1)])
+        svc.run_deferred()  # as the next request would: it must not raise into that request
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="detops.serve"):
+            asyncio.run(main())
+    finally:
+        svc.pool.shutdown()
+    assert ran == [1]
+    assert "deferred work after a response failed" in caplog.text
+    assert "the store went away" in caplog.text
