@@ -9,6 +9,7 @@ the problem.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -115,18 +116,21 @@ class Prepared:
         """Keep only the image's grey view (what the features need), if not done yet. The
         server does this on the loop while the model runs, the pixels still in the caches."""
         with self._lock:
-            if self.image is not None:
-                self.grey = grey_view(self.image)
-                self.image = None
+            self._grey_from_image()
+
+    def _grey_from_image(self) -> None:  # under the lock
+        if self.image is not None:
+            self.grey = grey_view(self.image)
+            self.image = None
 
     def take_features(self) -> ImageFeatures:
         """The input features, computed now from ``grey`` (or ``image``) if they were left for
         later: once, whichever of two threads asks first (a deferred prediction-log record and
         a shadow run); the other waits for them."""
         if self.features is None:
-            self.keep_grey()
             with self._lock:
                 if self.features is None:
+                    self._grey_from_image()
                     assert self.grey is not None
                     t = self.transform
                     self.features = grey_features(self.grey, t.width, t.height)
@@ -288,6 +292,8 @@ class Service:
         """Run the deferred calls now, oldest first. They run inside whichever request (or
         timer) comes next, so one that fails is logged and the rest still run: an earlier
         response's record must not fail a later request."""
+        if not self._deferred:
+            return  # the common case on the request path: nothing waiting
         if self._deferred_timer is not None:
             self._deferred_timer.cancel()
             self._deferred_timer = None
@@ -401,10 +407,8 @@ class Service:
                         # image's grey view, its pixels still in the caches (off the critical
                         # path: 35 us at 320x320, hot)
                         self.run_deferred()
-                        try:
+                        with contextlib.suppress(Exception):  # take_features tries again, counted
                             prep.keep_grey()
-                        except Exception:  # noqa: S110 - take_features tries again, counted there
-                            pass
                         prep.result = await run
             except TimeoutError:
                 raise DeadlineExceeded(

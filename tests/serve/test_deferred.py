@@ -67,7 +67,7 @@ def test_a_lone_requests_record_is_made_without_another_request(
     server = running_server({"serve.log_flush_ms": 20})
     seen = spy_records(monkeypatch, server.service)
     post(server, "alone")
-    wait_until(lambda: seen == ["alone"], timeout=5, what="the deferred record (DEFER_S)")
+    wait_until(lambda: seen == ["alone"], timeout=2, what="the deferred record (DEFER_S)")
     wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
 
 
@@ -101,13 +101,16 @@ def test_deferred_work_runs_once_when_its_timer_fires():
 
     async def main() -> None:
         svc.defer([lambda: ran.append(1), lambda: ran.append(2)])
-        svc.defer([])  # nothing to do: no new timer
+        timer = svc._deferred_timer
+        svc.defer([])  # nothing to do: the same timer
+        assert svc._deferred_timer is timer is not None
         await asyncio.sleep(service_module.DEFER_S * 4)
 
     try:
         asyncio.run(main())
+        assert ran == [1, 2]  # by the timer: nothing else ran them
         svc.run_deferred()
-        assert ran == [1, 2]
+        assert ran == [1, 2]  # and once
     finally:
         svc.pool.shutdown()
 
