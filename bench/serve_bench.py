@@ -69,7 +69,7 @@ SPIN = {False: "false", True: "alone"}  # serve.allow_spinning values the benchm
 
 # The issue's reference measurements used "a 0.3M-parameter CNN at 320x320" costing 11.0 ms per
 # image in process (decode + pre-process + ONNX Runtime + post-process) on these 2 cores. The
-# default detector (650k parameters) costs less, 8.8-9.2 ms with spinning (this host, November
+# default detector (650k parameters) costs less, 8.3-9.3 ms with spinning (this host, November
 # 2026), so the same fixed HTTP cost weighs more in its ratios; ``--model reference`` runs a
 # detector of the reference's cost instead, so that the ratios compare with the table in the
 # issue. The default detector stays the default: the stricter of the two.

@@ -260,10 +260,10 @@ class Service:
         (the loop would wait there anyway), else after ``DEFER_S``. Run right after the
         response instead, they held the loop when a client's next request arrived: a client
         that sends one request at a time (wrk at c=1) sends the next as soon as it has the
-        answer, and waited for ~150 us of features and record building. Measured with
-        ``bench/serve_bench.py``'s alternating slices (wrk c=1, default detector, ten slices of
-        4 s): p50 9.74 against 9.92 ms, lower in 8 of 10 slices, level with leaving the record
-        out (9.77 ms). Call on the event loop's thread only."""
+        answer, and waited for ~150 us of record building (with the features it then held).
+        With ``bench/serve_bench.py``'s alternating slices (wrk c=1, default detector, ten
+        slices of 4 s): p50 9.74 against 9.92 ms, lower in 8 of 10 slices, level with leaving
+        the record out (9.77 ms). Call on the event loop's thread only."""
         if not calls:
             return
         loop = asyncio.get_running_loop()
@@ -390,7 +390,13 @@ class Service:
                         # (a timeout can fire, and other requests are read and queued meanwhile)
                         run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
                         # while the model runs: earlier responses' records (see defer), and this
-                        # image's features, its pixels still in the caches (see take_features)
+                        # image's features, its pixels still in the caches: 60 us at 320x320.
+                        # Left for its record, after the next request's decoding had passed
+                        # through the caches, they took 100 us of the record's 150; in-process
+                        # ASGI driver (no-op model, 4,000 sequential requests, 3 alternating
+                        # rounds): 1.37-1.44 vs 1.44-1.50 ms CPU per request; under wrk at c=1
+                        # level (14 slices of 3 s: p50 1.415 vs 1.445 ms). In a pool thread
+                        # instead, the c=1 p50 read 0.07-0.1 ms higher.
                         self.run_deferred()
                         with contextlib.suppress(Exception):  # the record tries again, counted
                             prep.take_features()
@@ -537,14 +543,8 @@ class Service:
             ) from None
 
     def _log_quietly(self, request_id: str, *args: Any) -> None:
-        """``_log`` once the response is sent, on the event loop (see ``defer``). A lone
-        request's input features were taken while its model ran (``Service.detect``), its
-        pixels still in the caches: 60 us at 320x320 then; left for this record, after the
-        next request's decoding had passed through the caches, 100 us of the 150 this took.
-        In-process ASGI driver (no-op model, 4,000 sequential requests, three alternating
-        rounds): 1.37-1.44 against 1.44-1.50 ms of CPU per request; under wrk at c=1 the two
-        read level (14 alternating slices of 3 s: p50 1.415 vs 1.445 ms, 1.49 vs 1.50 ms of CPU
-        per request). Handed to a pool thread, the c=1 p50 was 0.07-0.1 ms higher."""
+        """``_log`` once the response is sent, on the event loop (see ``defer``); a record
+        that cannot be made is counted, not raised (the client has its answer)."""
         try:
             self._log(request_id, *args)
         except Exception as e:  # the response is gone; a lost record must not go unnoticed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from detops.serve.models import ModelHost
 from detops.serve.routing import LiveRouter
 from detops.serve.service import Service
 from tests.serve.conftest import image_bytes, wait_until
+from tests.serve.test_metrics import metric
 from tests.serve.test_predlog import rows
 
 JPEG = {"content-type": "image/jpeg"}
@@ -138,3 +140,26 @@ def test_a_failing_deferred_call_is_logged_and_the_rest_still_run(
     assert ran == [1]
     assert "deferred work after a response failed" in caplog.text
     assert "the store went away" in caplog.text
+
+
+def test_the_response_and_its_latency_end_before_the_work_deferred_after_it(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    server = running_server({"serve.log_flush_ms": 20})
+    real = server.service.log.record
+
+    def slow_record(rec: dict[str, Any], sample: bytes | None = None) -> Any:
+        time.sleep(0.6)  # the record's building holds the loop after the response
+        return real(rec, sample)
+
+    monkeypatch.setattr(server.service.log, "record", slow_record)
+    t0 = time.perf_counter()
+    post(server, "slow-record")
+    waited = time.perf_counter() - t0
+    assert waited < 0.5, f"the response waited {waited:.3f} s, for its record"
+    wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
+    rec = rows(server.ws)[0]
+    # the record's latency and the latency histogram end with the response, not the record
+    assert rec["request_id"] == "slow-record" and rec["status"] == 200, rec
+    assert rec["latency_ms"] < 500, rec
+    assert metric(server, "detops_total_seconds", "detops_total_seconds_sum") < 0.5
