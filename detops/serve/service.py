@@ -113,8 +113,8 @@ class Prepared:
 
     def take_features(self) -> ImageFeatures:
         """The input features, computed now from ``image`` if they were left for later: once,
-        whichever of two threads asks first (the event loop before the model runs, or if that
-        failed a prediction-log record, a shadow run); the other waits for them."""
+        whichever of two threads asks first (the event loop while the model runs, a
+        prediction-log record, a shadow run); the other waits for them."""
         if self.features is None:
             with self._lock:
                 if self.features is None:
@@ -141,16 +141,6 @@ INLINE_MAX_BYTES = 4 << 20
 # the longest a sent response's deferred work waits for an idle moment (see Service.defer)
 DEFER_S = 0.005
 
-# the longest the loop waits for a pool thread to take a lone request's run (see Service.detect)
-HANDOFF_WAIT_S = 0.002
-
-
-def _run_direct(batcher: Batcher, tensor: np.ndarray, taken: threading.Event) -> BatchResult | None:
-    """A lone request's run, in a pool thread: say it has been taken, then run it (or None:
-    it must queue, see ``Batcher.try_direct``)."""
-    taken.set()
-    return batcher.try_direct(tensor)
-
 
 def _prepare(
     runtime: Any,
@@ -163,8 +153,7 @@ def _prepare(
     ``inline``: on the event loop, so refuse (ImageTooLarge / CostlyImage, before decoding) an
     image above INLINE_MAX_PIXELS or one whose decode time its size does not bound; the
     features are then left to the caller (``prep.image`` kept), which takes them on the loop
-    before it hands the model to the pool, and should that fail leaves them to the record
-    (see ``Service.detect``)."""
+    while the model runs in the pool (see ``Service.detect``)."""
     t0 = time.perf_counter()
     img = (
         runtime.decode_image(data, INLINE_MAX_PIXELS, predictable_only=True)
@@ -397,26 +386,24 @@ class Service:
                         self.run_deferred()  # while the pool works (see defer)
                         prep = await pending
                     else:
-                        # this image's features first, its pixels still in the caches: 60 us
-                        # at 320x320. Taken while the model ran, they took the loop 0.19-0.24 ms
-                        # of CPU (2.7-3.2 ms of wall time) from the model's two threads on the
-                        # two cores; after the response, 100 us of the record's 150 (marks in
-                        # the server, wrk at c=1, default detector)
-                        with contextlib.suppress(Exception):  # the record tries again, counted
-                            prep.take_features()
                         # the model runs in the pool: however long it takes, the loop stays free
                         # (a timeout can fire, and other requests are read and queued meanwhile)
-                        taken = threading.Event()
-                        run = loop.run_in_executor(
-                            self.pool, _run_direct, lm.batcher, prep.tensor, taken
-                        )
-                        # The loop's work below holds the GIL: begun at once, it kept the woken
-                        # pool thread from starting the model (0.20-0.28 ms from hand-over to the
-                        # run, against 0.10-0.14 ms when the loop first waited, GIL released,
-                        # until the pool thread had it). Bounded: should no thread come, the
-                        # loop goes on as before.
-                        taken.wait(HANDOFF_WAIT_S)
-                        self.run_deferred()  # earlier responses' records (see defer)
+                        run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
+                        # while the model runs: earlier responses' records (see defer), and this
+                        # image's features, its pixels still in the caches (60 us at 320x320;
+                        # left for its record, 100 us of the record's 150). This work holds the
+                        # GIL the woken pool thread needs to start the run, and takes a core
+                        # from the run's threads, yet costs least here with the detector and is
+                        # level with the best elsewhere without one. Server code trees under
+                        # wrk at c=1, 8 alternating rounds of 3 s, median ratio to the
+                        # in-process pipeline (default detector; no-op model): this order 1.05x
+                        # (1.74x); the features before the hand-over 1.09x (1.77x), and the
+                        # records too 1.08x (1.72x); the loop first waiting, GIL released, for
+                        # the pool thread to take the run 1.09x (1.94x); the records right
+                        # after the response 1.06x (1.82x).
+                        self.run_deferred()
+                        with contextlib.suppress(Exception):  # the record tries again, counted
+                            prep.take_features()
                         prep.result = await run
             except TimeoutError:
                 raise DeadlineExceeded(
