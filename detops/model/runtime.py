@@ -164,12 +164,6 @@ class Runtime:
     supported). ``expected_sha256``: refuse bytes that do not hash to it
     (:class:`~detops.errors.ArtifactCorrupt`). Thread knobs go to onnxruntime;
     ``allow_spinning`` trades idle CPU for latency. ``max_image_pixels`` bounds decoding.
-
-    ``stop_spinning_after_run``: with ``allow_spinning``, the intra-op threads spin between the
-    kernels of a run but stop as the run returns (onnxruntime's ``session.force_spinning_stop``)
-    instead of spinning on for ~50 ms in case another run comes. A loop of back-to-back runs
-    loses nothing either way; a process whose own threads need the cores between runs (a server
-    decoding, post-processing and answering) does: see ``detops.serve.models.open_model``.
     """
 
     def __init__(
@@ -180,7 +174,6 @@ class Runtime:
         intra_op_threads: int | None = None,
         inter_op_threads: int = 1,
         allow_spinning: bool = False,
-        stop_spinning_after_run: bool = False,
         providers: Sequence[str] | None = None,
         expected_sha256: str | None = None,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
@@ -209,7 +202,6 @@ class Runtime:
         self._adapter = get_adapter(spec.adapter)
 
         self._data, self._spinning = data, allow_spinning
-        self._stop_spinning = stop_spinning_after_run
         self._providers = list(providers or ["CPUExecutionProvider"])
         try:
             self._session = self._new_session(intra_op_threads, inter_op_threads)
@@ -356,8 +348,6 @@ class Runtime:
         spin = "1" if (self._spinning if spinning is None else spinning) else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        if spin == "1" and self._stop_spinning:
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
         opts.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
         return ort.InferenceSession(self._data, opts, providers=self._providers)
 

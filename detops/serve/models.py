@@ -79,13 +79,12 @@ def open_model(
         ws,
         mv,
         intra_op_threads=threads or None,
-        allow_spinning=bool(settings.allow_spinning),  # "alone" too: see start_model
-        # Left spinning after a run (~50 ms), the pool's threads held a core while the loop
-        # answered, read and decoded the next request: under wrk at c=1 (default detector,
-        # 2 cores) the spinning thread ran 10.5-12.6 ms per request, that is always, and the
-        # loop and the pool thread each waited 2.0-2.7 ms per request for a core
-        # (/proc/PID/task/*/schedstat); stopped as each run returns, 0.08-0.13 ms.
-        stop_spinning_after_run=True,
+        # "alone" too: see start_model. Not stopped as each run returns (onnxruntime's
+        # session.force_spinning_stop): that cut CPU per request at ~9 req/s from 63-68 to
+        # 25-29 ms (the threads spin ~50 ms after a run), but each run then woke cold threads:
+        # p50 16.6-18.2 against 14.1-14.7 ms at that rate (a run after a 100 ms pause, in
+        # process: 15.6-15.8 against 7.9-9.8 ms), and level under wrk at c=1.
+        allow_spinning=bool(settings.allow_spinning),
         max_image_pixels=settings.max_pixels,
         name=mv.ref,
     )

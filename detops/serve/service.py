@@ -391,16 +391,14 @@ class Service:
                         run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
                         # while the model runs: earlier responses' records (see defer), and this
                         # image's features, its pixels still in the caches (60 us at 320x320;
-                        # left for its record, 100 us of the record's 150). This work holds the
-                        # GIL the woken pool thread needs to start the run, and takes a core
-                        # from the run's threads, yet costs least here with the detector and is
-                        # level with the best elsewhere without one. Server code trees under
-                        # wrk at c=1, 8 alternating rounds of 3 s, median ratio to the
-                        # in-process pipeline (default detector; no-op model): this order 1.05x
-                        # (1.74x); the features before the hand-over 1.09x (1.77x), and the
-                        # records too 1.08x (1.72x); the loop first waiting, GIL released, for
-                        # the pool thread to take the run 1.09x (1.94x); the records right
-                        # after the response 1.06x (1.82x).
+                        # left for its record, 100 us of the record's 150; in-process ASGI
+                        # driver, no-op model: 1.37-1.44 vs 1.44-1.50 ms CPU per request).
+                        # Other places for this work read level within this host's noise
+                        # (server code trees, wrk at c=1, 8 alternating rounds of 3 s, default
+                        # detector): the features, or the features and the records, before the
+                        # hand-over; the loop first waiting (GIL released) for the pool thread
+                        # to take the run; the records right after the response: 1.14-1.15x
+                        # the in-process pipeline, as this order.
                         self.run_deferred()
                         with contextlib.suppress(Exception):  # the record tries again, counted
                             prep.take_features()

@@ -110,28 +110,15 @@ def make_mean_box_model(
     score: float = 0.9,
     gain: float = 20.0,
     offset: float = 2.0,
-    conv: int = 0,
 ) -> bytes:
     """A ``detops``-layout detector whose one detection depends on the input image.
 
     ``detections [B, 1, 6]`` = ``(0, 0, s, s, score, 0)`` with ``s = offset + gain * m`` and ``m``
     the mean of that image's network input, so different images give different boxes (to
-    check that batching keeps each image's own result, in order). ``conv``: ``m`` is the mean
-    of a 3x3 convolution with that many output channels (all weights 1/27) instead, work that
-    onnxruntime splits over its intra-op threads.
+    check that batching keeps each image's own result, in order).
     """
-    source, extra = "images", []
-    if conv:
-        source = "features"
-        weight = np.full((conv, 3, 3, 3), 1 / 27, np.float32)
-        extra = [numpy_helper.from_array(weight, "kconv")]
     nodes = [
-        *(
-            [helper.make_node("Conv", ["images", "kconv"], ["features"], pads=[1, 1, 1, 1])]
-            if conv
-            else []
-        ),
-        helper.make_node("ReduceMean", [source], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),  # [B, 1]
         helper.make_node("Mul", ["m1", "kgain"], ["mg"]),
         helper.make_node("Add", ["mg", "koffset"], ["s"]),
@@ -146,7 +133,6 @@ def make_mean_box_model(
         numpy_helper.from_array(np.array(offset, np.float32), "koffset"),
         numpy_helper.from_array(np.array(0, np.float32), "k0"),
         numpy_helper.from_array(np.array(score, np.float32), "kscore"),
-        *extra,
     ]
     return _model(
         nodes,

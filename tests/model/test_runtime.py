@@ -6,7 +6,6 @@ import hashlib
 import io
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -344,39 +343,6 @@ def test_infer_quiet_runs_on_a_non_spinning_twin_only_when_the_runtime_spins(gra
         assert not rt.spinning
         np.testing.assert_array_equal(rt.infer_quiet(x)["detections"], rt.infer(x)["detections"])
         assert rt._quiet is None
-
-
-def test_stop_spinning_after_run_leaves_the_cores_free_between_runs(graphs: Any) -> None:
-    """Spinning threads keep spinning for a while after a run (onnxruntime's default), unless
-    the runtime stops them as the run returns; either way they spin within a run."""
-    onnx = graphs.make_mean_box_model(width=160, height=160, conv=8)  # work split over threads
-    sp = spec(input_width=160, input_height=160)
-    x = np.zeros((1, 3, 160, 160), np.float32)
-
-    def idle_cpu_ms(rt: Runtime) -> float:
-        """Process CPU in the 30 ms after a run (the median of five; the test thread sleeps)."""
-        spent = []
-        for _ in range(5):
-            rt.infer(x)
-            c0 = time.process_time()
-            time.sleep(0.03)
-            spent.append((time.process_time() - c0) * 1e3)
-        return float(np.median(spent))
-
-    on = Runtime(onnx, sp, intra_op_threads=2, allow_spinning=True)
-    stop = Runtime(onnx, sp, intra_op_threads=2, allow_spinning=True, stop_spinning_after_run=True)
-    opts = stop._session.get_session_options()
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
-    assert idle_cpu_ms(on) > 10  # ~30: a thread spins through the whole pause
-    assert idle_cpu_ms(stop) < 3  # ~0.1
-    np.testing.assert_array_equal(stop.infer(x)["detections"], on.infer(x)["detections"])
-    # not spinning: nothing to stop, and the entry is not set
-    quiet = Runtime(onnx, sp, intra_op_threads=2, stop_spinning_after_run=True)
-    entries = quiet._session.get_session_options()
-    assert entries.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    with pytest.raises(RuntimeError, match="does not have configuration"):
-        entries.get_session_config_entry("session.force_spinning_stop")
 
 
 def test_importing_detops_model_loads_neither_onnxruntime_nor_torch() -> None:

@@ -180,19 +180,3 @@ def test_spinning_alone_gives_the_batcher_a_quiet_twin_measured_and_warmed(monke
             assert rt._quiet is None
     finally:
         lm.batcher.close()
-
-
-@pytest.mark.parametrize("mode", ["alone", True])
-def test_a_served_runtime_stops_its_threads_spinning_as_each_run_returns(make_ws, mode):
-    """Spinning threads left on after a run hold a core the loop needs to answer and decode."""
-    from detops.config import ServeSettings
-    from detops.serve.models import open_model
-
-    settings = ServeSettings(allow_spinning=mode, intra_op_threads=2, lanes=1, batch_policy="off")
-    lm = open_model(make_ws(), "det@production", settings)
-    try:
-        opts = lm.runtime._session.get_session_options()
-        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
-    finally:
-        lm.batcher.close()
