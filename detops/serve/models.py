@@ -82,8 +82,9 @@ def open_model(
         # "alone" too: see start_model. Not stopped as each run returns (onnxruntime's
         # session.force_spinning_stop): that cut CPU per request at ~9 req/s from 63-68 to
         # 25-29 ms (the threads spin ~50 ms after a run), but each run then woke cold threads:
-        # p50 16.6-18.2 against 14.1-14.7 ms at that rate (a run after a 100 ms pause, in
-        # process: 15.6-15.8 against 7.9-9.8 ms), and level under wrk at c=1.
+        # p50 15.4-18.2 against 14.0-14.7 ms at that rate (6 alternating rounds of 50
+        # requests; a run after a 100 ms pause, in process: 15.6-15.8 against 7.9-9.8 ms),
+        # and level under wrk at c=1.
         allow_spinning=bool(settings.allow_spinning),
         max_image_pixels=settings.max_pixels,
         name=mv.ref,
