@@ -34,7 +34,7 @@ from detops.errors import (
     Overloaded,
     ServeError,
 )
-from detops.monitor.features import ImageFeatures, grey_features, grey_view, image_features
+from detops.monitor.features import ImageFeatures, image_features
 from detops.serve.automation import Automation
 from detops.serve.batching import Batcher, BatchResult
 from detops.serve.metrics import ServeMetrics
@@ -119,8 +119,7 @@ class Prepared:
             with self._lock:
                 if self.features is None:
                     assert self.image is not None
-                    t = self.transform
-                    self.features = grey_features(grey_view(self.image), t.width, t.height)
+                    self.features = image_features(self.image)
                     self.image = None
         return self.features
 

@@ -1,6 +1,6 @@
 """Which thread decodes: a request alone on the server on the event loop's thread, others (and
 large or costly images, and the batch endpoint's images) in the decode pool; the model always
-runs in the pool; a lone request's input features are taken after its response is sent.
+runs in the pool; a lone request's input features are taken on the loop while its model runs.
 Against a real server."""
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def test_a_lone_requests_features_are_taken_on_the_loop_while_its_model_runs(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
     # the pixels are still in the caches then; taken for the record after the response,
-    # they were read back out of memory (see Service._log_quietly)
+    # they were read back out of memory (see Service.detect)
     server = running_server({"serve.log_flush_ms": 20})
     batcher = server.service.host.current.batcher
-    real_try, real_features = batcher.try_direct, service_module.grey_features
+    real_try, real_features = batcher.try_direct, service_module.image_features
     model_started, taken = threading.Event(), threading.Event()
     events: list[tuple[str, str, bool]] = []  # (what, thread, whether the other had come)
 
@@ -86,13 +86,13 @@ def test_a_lone_requests_features_are_taken_on_the_loop_while_its_model_runs(
         events.append(("model", threading.current_thread().name, taken.wait(5)))
         return real_try(tensor)
 
-    def features(grey: Any, width: int, height: int) -> Any:
+    def features(image: Any) -> Any:
         events.append(("features", threading.current_thread().name, model_started.wait(5)))
         taken.set()
-        return real_features(grey, width, height)
+        return real_features(image)
 
     monkeypatch.setattr(batcher, "try_direct", try_direct)
-    monkeypatch.setattr(service_module, "grey_features", features)
+    monkeypatch.setattr(service_module, "image_features", features)
     data = image_bytes(97, 53, "JPEG", seed=4)
     r = server.client.post("/v1/detect", content=data, headers=JPEG)
     assert r.status_code == 200, r.text
@@ -113,16 +113,16 @@ def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
     server = running_server({"serve.log_flush_ms": 20})
-    real_features = service_module.grey_features
+    real_features = service_module.image_features
     calls = []
 
-    def features(grey: Any, width: int, height: int) -> Any:
+    def features(image: Any) -> Any:
         calls.append(1)
         if len(calls) <= 2:  # on the loop while the model runs, then again for the record
             raise MemoryError("no room for the Laplacian")
-        return real_features(grey, width, height)
+        return real_features(image)
 
-    monkeypatch.setattr(service_module, "grey_features", features)
+    monkeypatch.setattr(service_module, "image_features", features)
     data = image_bytes(97, 53, "JPEG", seed=4)
     first = server.client.post("/v1/detect", content=data, headers=JPEG)
     assert first.status_code == 200, first.text  # the client had its answer before the failure
@@ -142,18 +142,18 @@ def test_features_asked_for_by_two_threads_at_once_are_computed_once(
 ):
     # a deferred prediction-log record and a shadow run may take a request's features at once
     img = np.asarray(Image.open(io.BytesIO(image_bytes(97, 53, "PNG", seed=3))).convert("RGB"))
-    real = service_module.grey_features
+    real = service_module.image_features
     want = image_features(img)
     inside, release = threading.Event(), threading.Event()
     calls: list[str] = []
 
-    def slow(grey: Any, width: int, height: int) -> Any:
+    def slow(image: Any) -> Any:
         calls.append(threading.current_thread().name)
         inside.set()
         assert release.wait(10)
-        return real(grey, width, height)
+        return real(image)
 
-    monkeypatch.setattr(service_module, "grey_features", slow)
+    monkeypatch.setattr(service_module, "image_features", slow)
     transform = Transform(1.0, 1.0, 0, 0, 97, 53)
     prep = service_module.Prepared(np.zeros(1), transform, None, 0.0, image=img)
     got: dict[str, Any] = {}
