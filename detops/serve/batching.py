@@ -224,6 +224,10 @@ class Batcher:
         self._running = 0  # guarded by _running_lock
         self._running_lock = threading.Lock()
         self._closed = False
+        # single-image runs' time through try_direct, a running mean (None until the first):
+        # a model this quick runs a lone request on the event loop (see
+        # detops.serve.service.INLINE_RUN_MAX_S)
+        self.direct_run_s: float | None = None
         self._threads = [
             threading.Thread(target=self._run, name=f"batcher-{name}-{i}", daemon=True)
             for i in range(self.lanes)
@@ -289,6 +293,9 @@ class Batcher:
             infer_s = time.perf_counter() - t0
         finally:
             self._lane_slots.release()
+        if tensor.shape[0] == 1:  # lanes may race here: a lost update only blurs the mean
+            last = self.direct_run_s
+            self.direct_run_s = infer_s if last is None else last + 0.25 * (infer_s - last)
         self._on_batch(int(tensor.shape[0]))
         return BatchResult(outputs, 0.0, infer_s, int(tensor.shape[0]))
 

@@ -127,7 +127,8 @@ class Prepared:
 # A request that has the server to itself is decoded and pre-processed on the event loop's own
 # thread instead of a pool thread, when its image is at most this large (a 1080p frame decodes
 # in ~10-15 ms, the longest the loop is then busy before reading the next request); the model
-# still runs in the pool, so a slow model never holds the loop. Why: handed to a pool thread,
+# still runs in the pool unless it is quick (INLINE_RUN_MAX_S), so a slow model never holds the
+# loop. Why: handed to a pool thread,
 # decode + features + pre-processing took 1.8 + 0.4 + 0.56 ms of that thread's CPU time against
 # 1.3 + 0.35 + 0.53 ms on the loop's thread or in a plain loop (1,000 sequential requests,
 # no-op model, this 2-vCPU VM; CPU time equal to wall time, so no lock waits): the thread that
@@ -136,6 +137,18 @@ class Prepared:
 # decoding in the pool, 3.51 ms decoding on the loop (3.33 ms with the model on the loop too).
 INLINE_MAX_PIXELS = 1920 * 1088
 INLINE_MAX_BYTES = 4 << 20
+
+# A request alone on the server whose model runs a single image in at most this long (the
+# batcher's running mean, ``Batcher.direct_run_s``) runs it on the event loop's thread as well,
+# its input features left to its prediction-log record after the response: handing such a run
+# to the pool and back costs more than the run. The loop is then held about this long, less
+# than a decode on it. Measured under wrk against the model always in the pool (no-op graph,
+# alternating rounds of 3 s, server code trees): at c=1, p50 1.98 against 2.41 ms, mean 2.13
+# against 2.51 ms, p99 5.4 against 5.9 ms (8 rounds; an earlier form without the yield
+# below: p50 1.39-1.80 against 2.04-2.16 ms in three runs); at c=8, 605 against 603 req/s.
+# A slower model (the default detector: ~7 ms) keeps the pool, so that the loop goes on
+# reading other requests and firing timeouts while it runs.
+INLINE_RUN_MAX_S = 0.001
 
 # the longest a sent response's deferred work waits for an idle moment (see Service.defer)
 DEFER_S = 0.005
@@ -152,7 +165,8 @@ def _prepare(
     ``inline``: on the event loop, so refuse (ImageTooLarge / CostlyImage, before decoding) an
     image above INLINE_MAX_PIXELS or one whose decode time its size does not bound; the
     features are then left to the caller (``prep.image`` kept), which takes them on the loop
-    while the model runs in the pool (see ``Service.detect``)."""
+    while the model runs in the pool, or leaves them to the record when a quick model ran on
+    the loop (see ``Service.detect``)."""
     t0 = time.perf_counter()
     img = (
         runtime.decode_image(data, INLINE_MAX_PIXELS, predictable_only=True)
@@ -170,6 +184,12 @@ def _prepare(
     if batcher is not None:
         prep.result = batcher.try_direct(tensor)
     return prep
+
+
+def _quick(batcher: Batcher) -> bool:
+    """Whether ``batcher``'s model runs an image within ``INLINE_RUN_MAX_S`` (as measured)."""
+    run_s = batcher.direct_run_s
+    return run_s is not None and run_s <= INLINE_RUN_MAX_S
 
 
 def pool_threads(cores: int) -> int:
@@ -384,6 +404,13 @@ class Service:
                         )
                         self.run_deferred()  # while the pool works (see defer)
                         prep = await pending
+                    elif _quick(lm.batcher):  # run here (see INLINE_RUN_MAX_S)
+                        # first let requests that came meanwhile start: they decode in the
+                        # pool beside this run instead of waiting for it and its response
+                        await asyncio.sleep(0)
+                        prep.result = lm.batcher.try_direct(prep.tensor)  # None: busy, queue
+                        if time.perf_counter() - started > self.timeout_s:
+                            raise TimeoutError  # the run held the loop past the deadline
                     else:
                         # the model runs in the pool: however long it takes, the loop stays free
                         # (a timeout can fire, and other requests are read and queued meanwhile)

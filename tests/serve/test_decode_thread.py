@@ -1,7 +1,7 @@
 """Which thread decodes: a request alone on the server on the event loop's thread, others (and
-large or costly images, and the batch endpoint's images) in the decode pool; the model always
-runs in the pool; a lone request's input features are taken on the loop while its model runs.
-Against a real server."""
+large or costly images, and the batch endpoint's images) in the decode pool; the model runs in
+the pool, its features meanwhile taken on the loop, unless its runs are quick: a lone request
+then runs it on the loop too, the features left to its record. Against a real server."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def _in_pool(name: str) -> bool:
 def test_a_lone_request_is_decoded_on_the_event_loop_thread(
     running_server, threads, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 0.0)  # no model is quick enough
     server = running_server()
     batcher = server.service.host.current.batcher
     runs: list[str] = []
@@ -66,6 +67,80 @@ def test_a_lone_request_is_decoded_on_the_event_loop_thread(
         assert len(r.json()["detections"]) == len(want)
     assert threads == [(threads[0][0], True)] * 3 and not _in_pool(threads[0][0]), threads
     assert len(runs) == 3 and all(_in_pool(n) for n in runs), runs  # the model: never the loop
+
+
+def test_a_lone_request_runs_a_quick_model_on_the_loop_and_a_slow_one_in_the_pool(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    # quick: the batcher's running mean of its runs at most INLINE_RUN_MAX_S (here 50 ms, so
+    # that the tiny test model is quick on any machine; a run made 0.3 s long is not)
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 0.05)
+    server = running_server({"serve.log_flush_ms": 20})
+    batcher = server.service.host.current.batcher
+    runs: list[str] = []
+    stall = [0.0]
+    real_lane = batcher._infer_lane
+
+    def lane(batch: Any, queued: bool = False) -> Any:
+        runs.append(threading.current_thread().name)
+        time.sleep(stall[0])
+        return real_lane(batch, queued)
+
+    monkeypatch.setattr(batcher, "_infer_lane", lane)
+    images = [image_bytes(97, 53, "JPEG", seed=s) for s in range(6)]
+    rt = load_runtime(server.ws, "det@v1")
+    ids = []
+    for i, data in enumerate(images):
+        if i == 3:
+            stall[0] = 0.3  # the model turns slow: this run still on the loop, then the pool
+        r = server.client.post("/v1/detect", content=data, headers=JPEG)
+        assert r.status_code == 200, r.text
+        want = rt.predict_bytes([data])[0].to_list(["a", "b", "c"])
+        assert [d["class_id"] for d in r.json()["detections"]] == [d["class_id"] for d in want]
+        np.testing.assert_allclose(
+            np.reshape([d["box"] for d in r.json()["detections"]], (-1, 4)),
+            np.reshape([d["box"] for d in want], (-1, 4)),
+            atol=1e-3,
+        )
+        ids.append(r.json()["request_id"])
+    # the first in the pool (nothing measured yet), then the loop while quick, the pool once
+    # the slow run has moved the mean above the bound
+    assert [_in_pool(n) for n in runs] == [True, False, False, False, True, True], runs
+    assert batcher.direct_run_s is not None and batcher.direct_run_s > 0.05
+    # every record has the features of its own image, however its model ran
+    wait_until(lambda: len(rows(server.ws)) == 6, what="the six records")
+    by_id = {rec["request_id"]: rec for rec in rows(server.ws)}
+    for rid, data in zip(ids, images, strict=True):
+        want_f = image_features(rt.decode_image(data))
+        rec = by_id[rid]
+        assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
+            (want_f.brightness, want_f.contrast, want_f.sharpness)
+        ), rec
+
+
+def test_a_quick_models_run_on_the_loop_past_the_deadline_is_a_504(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    # a run on the loop cannot be interrupted by the timeout: its answer is refused after it
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 60.0)
+    server = running_server({"serve.timeout_ms": 300})
+    batcher = server.service.host.current.batcher
+    data = image_bytes(97, 53, "JPEG", seed=6)
+    assert server.client.post("/v1/detect", content=data, headers=JPEG).status_code == 200
+    real_lane, runs = batcher._infer_lane, []
+
+    def slow(batch: Any, queued: bool = False) -> Any:
+        runs.append(threading.current_thread().name)
+        time.sleep(0.5)
+        return real_lane(batch, queued)
+
+    monkeypatch.setattr(batcher, "_infer_lane", slow)
+    r = server.client.post("/v1/detect", content=data, headers=JPEG)
+    assert r.status_code == 504 and "serve.timeout_ms=300" in r.json()["detail"], r.text
+    assert len(runs) == 1 and not _in_pool(runs[0]), runs  # it ran on the loop
+    monkeypatch.setattr(batcher, "_infer_lane", real_lane)
+    ok = server.client.post("/v1/detect", content=data, headers=JPEG)  # and it goes on
+    assert ok.status_code == 200, ok.text
 
 
 def test_a_lone_requests_features_are_taken_on_the_loop_while_its_model_runs(

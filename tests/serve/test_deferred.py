@@ -48,6 +48,7 @@ def test_a_record_waits_for_the_next_request_a_scrape_or_shutdown(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(service_module, "DEFER_S", 3600.0)  # only the idle moments count
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 0.0)  # every run: in the pool
     server = running_server()
     seen = spy_records(monkeypatch, server.service)
     post(server, "a")
@@ -71,6 +72,28 @@ def test_a_lone_requests_record_is_made_without_another_request(
     post(server, "alone")
     wait_until(lambda: seen == ["alone"], timeout=2, what="the deferred record (DEFER_S)")
     wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
+
+
+def test_records_behind_a_quick_model_run_on_the_loop_wait_for_the_timer(
+    running_server, monkeypatch: pytest.MonkeyPatch
+):
+    # a model run on the loop (INLINE_RUN_MAX_S) hands nothing to the pool: no idle moment
+    # there, so the records wait for DEFER_S (or a scrape), all of them then in order
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 60.0)  # every measured run
+    monkeypatch.setattr(service_module, "DEFER_S", 3600.0)
+    server = running_server()
+    seen = spy_records(monkeypatch, server.service)
+    batcher = server.service.host.current.batcher
+    post(server, "first")  # in the pool: its model's run not yet measured
+    assert batcher.direct_run_s is not None
+    post(server, "q1")  # on the loop from here: nothing ran "first"'s record
+    post(server, "q2")
+    assert seen == [], seen
+    server.client.get("/metrics")
+    assert seen == ["first", "q1", "q2"], seen
+    monkeypatch.setattr(service_module, "DEFER_S", 0.05)
+    post(server, "q3")
+    wait_until(lambda: seen[-1:] == ["q3"], timeout=2, what="q3's record, by the timer")
 
 
 def test_work_deferred_on_a_loop_that_ended_runs_on_the_next_one(
