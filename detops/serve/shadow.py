@@ -169,6 +169,9 @@ class ShadowRunner:
         self._threads: list[threading.Thread] = []
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._accepted = 0  # copies queued, and of them finished (run and recorded, or failed)
+        self._finished = 0
+        self.recorded = 0  # comparisons handed to the prediction log (which writes them later)
 
     def ticket(self, plan: Any) -> ShadowTicket:
         return ShadowTicket(self, plan)
@@ -178,6 +181,12 @@ class ShadowRunner:
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if self.metrics is not None:
             self.metrics.shadow_requests.labels(outcome).inc()
+
+    @property
+    def idle(self) -> bool:
+        """Every queued copy has been run and handed to the log (or failed)."""
+        with self._lock:
+            return self._finished >= self._accepted
 
     def offer(
         self,
@@ -204,9 +213,13 @@ class ShadowRunner:
             request_id,
             live_ms,
         )
+        with self._lock:  # before the put: a worker may finish the job before we go on
+            self._accepted += 1
         try:
             self._q.put_nowait(job)
         except queue.Full:
+            with self._lock:
+                self._accepted -= 1
             self._count("shed_full")
             return False
         return True
@@ -245,6 +258,9 @@ class ShadowRunner:
             except Exception as e:  # one bad job must not stop the worker
                 log.warning("shadow request %s failed: %s", job.request_id, e)
                 self._count("error")
+            finally:
+                with self._lock:
+                    self._finished += 1
 
     def _work(self, job: _Job) -> None:
         p = job.plan
@@ -340,4 +356,6 @@ class ShadowRunner:
             )
             comparison.update(compare(job.live_det, cand, job.live_names, names))
         rec["_comparison"] = comparison
-        self.log.record(rec)
+        if self.log.record(rec):
+            with self._lock:
+                self.recorded += 1
