@@ -62,10 +62,10 @@ def test_a_stuck_store_never_slows_requests_and_drops_are_counted():
         writes.append(len(records))
 
     log = PredictionLog(stuck, max_queue=5, batch=2, flush_ms=5).start()
-    t = time.perf_counter()
     accepted = [log.record({"i": i}) for i in range(50)]
-    elapsed = time.perf_counter() - t
-    assert elapsed < 0.05  # 50 records offered without waiting on the store
+    # all 50 offered while the store still hangs (it returns after 10 s, or when let go): no
+    # offer waited on it, on a machine however loaded
+    assert writes == [] and not gate.is_set()
     assert sum(accepted) <= 5 + 2 and log.dropped == 50 - sum(accepted)
     gate.set()
     log.close()
@@ -85,13 +85,13 @@ def test_the_spool_hands_over_whole_batches_and_wakes_the_writer_only_for_them()
     t = time.perf_counter()
     assert spool.put(3)
     writer.join(5)
-    assert taken == [[0, 1, 2, 3]] and time.perf_counter() - t < 1.0  # the 4th wakes it
+    assert taken == [[0, 1, 2, 3]] and time.perf_counter() - t < 10  # the 4th wakes it (or 30 s)
     # two whole batches waiting: taken back to back, no wait between them
     for i in range(9):
         assert spool.put(i)
     t = time.perf_counter()
     assert spool.take(30.0, stop) == [0, 1, 2, 3] and spool.take(30.0, stop) == [4, 5, 6, 7]
-    assert time.perf_counter() - t < 1.0
+    assert time.perf_counter() - t < 10  # not the 30 s flush period
     # a partial batch waits out the flush period, then comes as it is
     t = time.perf_counter()
     assert spool.take(0.2, stop) == [8] and time.perf_counter() - t >= 0.19
