@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detops.model import nms as nms_module
 from detops.model.nms import nms
 
 
@@ -63,17 +66,23 @@ def problems(draw):
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     problems(),
     st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]),
     st.booleans(),
     st.none() | st.integers(1, 10),
+    # MATRIX_MAX: the per-box loop alone; the loop handing over to the matrix once at most 8
+    # candidates remain; or at any size (after the first step that suppresses at most one)
+    st.sampled_from([0, 8, 10**6]),
 )
-def test_nms_matches_the_reference(problem, iou_threshold, per_class, max_output) -> None:
+def test_nms_matches_the_reference(
+    problem, iou_threshold, per_class, max_output, matrix_max
+) -> None:
     boxes, scores, labels = problem
     lab = labels if per_class else None
-    got = nms(boxes, scores, iou_threshold, labels=lab, max_output=max_output)
+    with mock.patch.object(nms_module, "MATRIX_MAX", matrix_max):
+        got = nms(boxes, scores, iou_threshold, labels=lab, max_output=max_output)
     assert got.dtype == np.int64
     assert got.tolist() == reference_nms(boxes, scores, iou_threshold, lab, max_output)
 
