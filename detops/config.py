@@ -94,8 +94,8 @@ class ServeSettings(_Section):
     lanes: int = Field(
         0,
         ge=0,
-        description="ONNX Runtime runs per model version at once; 0 = one per core when "
-        "measured faster at warm-up than one run on every core, else 1",
+        description="ONNX Runtime runs per model version at once; 0 = one per core unless "
+        "measured at warm-up at least 5% slower than one run on every core, else 1",
     )
     timeout_ms: float = Field(10_000, gt=0, description="per-request deadline")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads; 0 = one per core")
@@ -193,7 +193,7 @@ serve:
   # on CPUs, where a batch of 8 costs 8 images, it turns batching off.
   batch_policy: auto     # auto | wait | greedy | off
   max_queue: 64          # queued requests before 503 + Retry-After
-  lanes: 0               # runs at once per model version; 0 = one per core if measured faster
+  lanes: 0               # runs at once per model version; 0 = one per core unless measured slower
   timeout_ms: 10000      # per-request deadline
   intra_op_threads: 0    # ONNX Runtime threads; 0 = one per core
   allow_spinning: alone  # false | true | alone (spin only for a request that is alone)

@@ -340,7 +340,7 @@ def test_measure_lane_gain_sees_runs_that_overlap():
     assert measure_lane_gain(free, free, x, 1) == 1.0
 
 
-@pytest.mark.parametrize(("gain", "lanes"), [(0.9, 1), (1.04, 1), (1.05, 2), (1.9, 2)])
+@pytest.mark.parametrize(("gain", "lanes"), [(0.5, 1), (0.94, 1), (0.95, 2), (1.04, 2), (1.9, 2)])
 def test_choose_lanes(gain, lanes):
     assert choose_lanes(gain, 2) == lanes
     assert choose_lanes(gain, 1) == 1
