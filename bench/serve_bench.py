@@ -19,7 +19,10 @@ Baselines, measured in this process while the servers are idle, with the same se
   server's c=1 p50 on that graph minus this;
 - for context (info rows), the server a user would write by hand (``_handwritten_server.py``:
   FastAPI + uvicorn, the same pipeline in a thread, nothing else), at c=1 with both models
-  and at c=8: what this host allows a Python HTTP server at all.
+  and at c=8; and the least any server on this stack can add (``_minimal_server.py``: a bare
+  ASGI app on the same uvicorn running the pipeline on its event loop), at c=1 with both
+  models, with detops against it slice by slice: what the HTTP round trip costs by itself,
+  and what detops' own work (routing, limits, metrics, the prediction log) adds to it.
 
 Note: wrk shares the 2 cores with the server, the in-process loops have them to themselves.
 Other work on the machine moves every number, by more than the differences measured (the
@@ -200,19 +203,21 @@ class ServerProcess:
 
 
 class HandWritten:
-    """``_handwritten_server.py`` on a free port (the reference in the issue's table)."""
+    """``_handwritten_server.py`` on a free port (the reference in the issue's table), or with
+    ``script="_minimal_server.py"`` the bare ASGI server."""
 
-    def __init__(self, ws: Path, model: str, *, spinning: bool, log: Path) -> None:
+    def __init__(self, ws: Path, model: str, *, spinning: bool, log: Path,
+                 script: str = "_handwritten_server.py") -> None:  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "a")  # noqa: SIM115 - closed in stop()
-        script = Path(__file__).with_name("_handwritten_server.py")
+        path = Path(__file__).with_name(script)
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(ws), model, str(self.port),
+            [sys.executable, str(path), str(ws), model, str(self.port),
              *(["--spinning"] if spinning else [])],
             env=clean_env(), stdout=self._log, stderr=self._log,
         )  # fmt: skip
-        wait_ready(self.proc, self.url, log, "hand-written server")
+        wait_ready(self.proc, self.url, log, script)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -430,13 +435,26 @@ def main() -> None:
     def hand(model: str, spinning: bool):
         return lambda: HandWritten(root, model, spinning=spinning, log=log)
 
+    def minimal(model: str, spinning: bool):
+        return lambda: HandWritten(root, model, spinning=spinning, log=log,
+                                   script="_minimal_server.py")  # fmt: skip
+
+    def paired(a: C1, b: C1) -> str:
+        """``a`` against ``b`` slice by slice (each round's slices run side by side): the
+        median of the ratios and how many were above 1, steadier than the medians' ratio
+        when the host's speed drifts between rounds."""
+        ratios = [x.p50_ms / y.p50_ms for x, y in zip(a.loads, b.loads, strict=True)]
+        above = sum(r > 1 for r in ratios)
+        return f"{np.median(ratios):.3f}x by slice, above in {above}/{len(ratios)}"
+
     # c=1: both spinning settings of detops serve and of the hand-written server, against the
     # in-process pipeline with and without spinning; each server's figure is the median of its
     # slices' p50, and each compares with the faster in-process pipeline
     servers = start({"detops false": detops("det@production", "false"),
                      "detops alone": detops("det@production", "alone"),
                      "hand-written": hand("det@production", False),
-                     "hand-written spinning": hand("det@production", True)})  # fmt: skip
+                     "hand-written spinning": hand("det@production", True),
+                     "minimal": minimal("det@production", True)})  # fmt: skip
     try:
         sides = {name: Side(srv, 1) for name, srv in servers.items()}
         got = rotate(
@@ -469,6 +487,7 @@ def main() -> None:
     spin_mode = SPIN[use_spin]
     hands = [c1(n, got, bases, sides[n]) for n in ("hand-written", "hand-written spinning")]
     h_c1 = min(hands, key=lambda r: r.p50_ms)
+    m_c1 = c1("minimal", got, bases, sides["minimal"])
     quiet, h_quiet = chosen.quiet_ms / quiet_base, min(h.quiet_ms for h in hands) / quiet_base
     results["spinning"] = {
         "off": {"p50_ms": off.p50_ms, "cpu_ms_per_request": off.cpu_ms},
@@ -483,6 +502,11 @@ def main() -> None:
                  _verdict(chosen.ratio <= 1.10, "<= 1.10x")))  # fmt: skip
     rows.append(("  hand-written FastAPI, c=1 (info)", f"{h_c1.p50_ms:.2f} ms",
                  f"{h_c1.base_ms:.2f} ms ({base_name})", f"{h_c1.ratio:.2f}x", ""))  # fmt: skip
+    rows.append(("  minimal ASGI server, c=1 (info)", f"{m_c1.p50_ms:.2f} ms",
+                 f"{m_c1.base_ms:.2f} ms ({base_name}); detops {paired(chosen, m_c1)}",
+                 f"{m_c1.ratio:.2f}x", ""))  # fmt: skip
+    results["minimal_c1"] = {"p50_ms": m_c1.p50_ms, "ratio": m_c1.ratio,
+                             "detops_by_slice": paired(chosen, m_c1)}  # fmt: skip
     rows.append(("  c=1 quietest slices (info)", f"{chosen.quiet_ms:.2f} ms",
                  f"{quiet_base:.2f} ms (either in-process); hand-written {h_quiet:.2f}x",
                  f"{quiet:.2f}x", ""))  # fmt: skip
@@ -557,19 +581,24 @@ def main() -> None:
 
     # the no-op graph: what the server adds to a model that costs nothing
     servers = start({"detops": detops("noop@production", spin_mode),
-                     "hand-written": hand("noop@production", use_spin)})  # fmt: skip
+                     "hand-written": hand("noop@production", use_spin),
+                     "minimal": minimal("noop@production", use_spin)})  # fmt: skip
     try:
         sides = {name: Side(srv, 1) for name, srv in servers.items()}
         got = rotate({"in-process": base_noop, **sides})
     finally:
         for srv in servers.values():
             srv.stop()
-    noop, h_noop = (c1(n, got, got["in-process"], sides[n]) for n in ("detops", "hand-written"))
+    noop, h_noop, m_noop = (c1(n, got, got["in-process"], sides[n])
+                            for n in ("detops", "hand-written", "minimal"))  # fmt: skip
     rows.append(("no-op graph c=1 p50", f"{noop.p50_ms:.3f} ms", f"{noop.base_ms:.3f} ms",
                  f"+{noop.overhead_ms:.3f} ms",
                  _verdict(noop.overhead_ms <= 1.0, "overhead <= 1 ms")))  # fmt: skip
     rows.append(("  hand-written FastAPI, no-op (info)", f"{h_noop.p50_ms:.3f} ms",
                  f"{h_noop.base_ms:.3f} ms", f"+{h_noop.overhead_ms:.3f} ms", ""))  # fmt: skip
+    rows.append(("  minimal ASGI server, no-op (info)", f"{m_noop.p50_ms:.3f} ms",
+                 f"{m_noop.base_ms:.3f} ms", f"+{m_noop.overhead_ms:.3f} ms", ""))  # fmt: skip
+    results["minimal_noop_overhead_ms"] = m_noop.overhead_ms
 
     # RSS growth: the no-op model at c=8, so 20,000 requests take seconds, not minutes
     n_small, n_big = (int(x) for x in args.rss_requests.split(","))
@@ -597,8 +626,9 @@ def main() -> None:
     rows.append(("ORT spinning (c=1 measure)", spin_mode,
                  f"false: p50 {off.p50_ms:.2f} ms, {off.cpu_ms:.2f} CPU-ms/req; "
                  f"alone: p50 {on.p50_ms:.2f} ms, {on.cpu_ms:.2f} CPU-ms/req", "", ""))  # fmt: skip
-    loads = [*off.loads, *on.loads, *(x for h in hands for x in h.loads), *noop.loads,
-             *h_noop.loads, *(x for name in c8 for x in c8_slices[name])]  # fmt: skip
+    loads = [*off.loads, *on.loads, *(x for h in hands for x in h.loads), *m_c1.loads,
+             *noop.loads, *h_noop.loads, *m_noop.loads,
+             *(x for name in c8 for x in c8_slices[name])]  # fmt: skip
     errors = sum(x.errors for x in loads)
     rows.append(("non-2xx / socket errors (every slice)", str(errors), "", "",
                  _verdict(errors == 0, "0")))  # fmt: skip
