@@ -1,5 +1,6 @@
-"""What the server benchmarks share: a free port, a clean environment, stopping a server, and
-a graph that answers one constant detection per image (no compute)."""
+"""What the server benchmarks share: a free port, a clean environment, stopping a server, a
+graph that answers one constant detection per image (no compute), and the command line of the
+comparison servers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,3 +61,15 @@ def constant_graph(row: list[float], imgsz: int, name: str) -> bytes:
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def comparison_runtime() -> tuple[Any, int]:
+    """A comparison server's warmed runtime and port, from ``WORKSPACE NAME@ALIAS PORT
+    [--spinning]`` on its command line."""
+    from detops.model.registry import load_runtime
+    from detops.workspace import Workspace
+
+    ws, ref, port = Workspace(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+    rt = load_runtime(ws, ref, allow_spinning="--spinning" in sys.argv)
+    rt.warmup(3)
+    return rt, port

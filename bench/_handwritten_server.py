@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import uvicorn
+from _common import comparison_runtime
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from detops.model.registry import load_runtime
-from detops.workspace import Workspace
-
 
 def main() -> None:
-    ws, ref, port = Workspace(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
-    rt = load_runtime(ws, ref, allow_spinning="--spinning" in sys.argv)
-    rt.warmup(3)
+    rt, port = comparison_runtime()
     names = rt.spec.class_names
     app = FastAPI()
 

@@ -9,21 +9,15 @@ is left is the HTTP round trip itself.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import uvicorn
-
-from detops.model.registry import load_runtime
-from detops.workspace import Workspace
+from _common import comparison_runtime
 
 
 def main() -> None:
-    ws, ref, port = Workspace(Path(sys.argv[1])), sys.argv[2], int(sys.argv[3])
-    rt = load_runtime(ws, ref, allow_spinning="--spinning" in sys.argv)
-    rt.warmup(3)
+    rt, port = comparison_runtime()
     names = rt.spec.class_names
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
