@@ -22,7 +22,7 @@ Baselines, measured in this process while the servers are idle, with the same se
   and at c=8; and the least any server on this stack can add (``_minimal_server.py``: a bare
   ASGI app on the same uvicorn running the pipeline on its event loop), at c=1 with both
   models, with detops against it slice by slice: what the HTTP round trip costs by itself,
-  and what detops' own work (routing, limits, metrics, the prediction log) adds to it.
+  and what detops' own handling of a request adds to it.
 
 Note: wrk shares the 2 cores with the server, the in-process loops have them to themselves.
 Other work on the machine moves every number, by more than the differences measured (the
@@ -202,12 +202,13 @@ class ServerProcess:
         self._log.close()
 
 
-class HandWritten:
-    """``_handwritten_server.py`` on a free port (the reference in the issue's table), or with
-    ``script="_minimal_server.py"`` the bare ASGI server."""
+class ComparisonServer:
+    """One of the comparison servers beside this script on a free port:
+    ``_handwritten_server.py`` (the reference in the issue's table) or ``_minimal_server.py``
+    (the bare ASGI server)."""
 
-    def __init__(self, ws: Path, model: str, *, spinning: bool, log: Path,
-                 script: str = "_handwritten_server.py") -> None:  # fmt: skip
+    def __init__(self, script: str, ws: Path, model: str, *, spinning: bool,
+                 log: Path) -> None:  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "a")  # noqa: SIM115 - closed in stop()
@@ -385,7 +386,7 @@ def main() -> None:
     class Side:
         """A server's slices of wrk load (and its CPU per request while it served)."""
 
-        def __init__(self, srv: ServerProcess | HandWritten, conns: int) -> None:
+        def __init__(self, srv: ServerProcess | ComparisonServer, conns: int) -> None:
             self.srv, self.conns, self.cpu_s, self.served = srv, conns, 0.0, 0.0
             wrk(srv.url, lua, image, conns=conns, seconds=2)  # warm the connection path
 
@@ -416,7 +417,7 @@ def main() -> None:
                 out[name].append(sides[name]())
         return out
 
-    def start(make: dict[str, Callable[[], ServerProcess | HandWritten]]) -> dict[str, Any]:
+    def start(make: dict[str, Callable[[], ServerProcess | ComparisonServer]]) -> dict[str, Any]:
         """Servers made one after another (each measures its warm-up gains on a quiet host)."""
         made: dict[str, Any] = {}
         try:
@@ -433,19 +434,19 @@ def main() -> None:
                                      lanes=lanes)  # fmt: skip
 
     def hand(model: str, spinning: bool):
-        return lambda: HandWritten(root, model, spinning=spinning, log=log)
+        return lambda: ComparisonServer("_handwritten_server.py", root, model,
+                                        spinning=spinning, log=log)  # fmt: skip
 
     def minimal(model: str, spinning: bool):
-        return lambda: HandWritten(root, model, spinning=spinning, log=log,
-                                   script="_minimal_server.py")  # fmt: skip
+        return lambda: ComparisonServer("_minimal_server.py", root, model,
+                                        spinning=spinning, log=log)  # fmt: skip
 
-    def paired(a: C1, b: C1) -> str:
+    def paired(a: C1, b: C1) -> tuple[float, int, int]:
         """``a`` against ``b`` slice by slice (each round's slices run side by side): the
-        median of the ratios and how many were above 1, steadier than the medians' ratio
-        when the host's speed drifts between rounds."""
+        median of the ratios, how many were above 1, and how many there were; steadier than
+        the medians' ratio when the host's speed drifts between rounds."""
         ratios = [x.p50_ms / y.p50_ms for x, y in zip(a.loads, b.loads, strict=True)]
-        above = sum(r > 1 for r in ratios)
-        return f"{np.median(ratios):.3f}x by slice, above in {above}/{len(ratios)}"
+        return float(np.median(ratios)), sum(r > 1 for r in ratios), len(ratios)
 
     # c=1: both spinning settings of detops serve and of the hand-written server, against the
     # in-process pipeline with and without spinning; each server's figure is the median of its
@@ -502,11 +503,13 @@ def main() -> None:
                  _verdict(chosen.ratio <= 1.10, "<= 1.10x")))  # fmt: skip
     rows.append(("  hand-written FastAPI, c=1 (info)", f"{h_c1.p50_ms:.2f} ms",
                  f"{h_c1.base_ms:.2f} ms ({base_name})", f"{h_c1.ratio:.2f}x", ""))  # fmt: skip
+    by_slice, above, n_slices = paired(chosen, m_c1)
     rows.append(("  minimal ASGI server, c=1 (info)", f"{m_c1.p50_ms:.2f} ms",
-                 f"{m_c1.base_ms:.2f} ms ({base_name}); detops {paired(chosen, m_c1)}",
-                 f"{m_c1.ratio:.2f}x", ""))  # fmt: skip
+                 f"{m_c1.base_ms:.2f} ms ({base_name}); detops {by_slice:.3f}x it by slice, "
+                 f"above in {above}/{n_slices}", f"{m_c1.ratio:.2f}x", ""))  # fmt: skip
     results["minimal_c1"] = {"p50_ms": m_c1.p50_ms, "ratio": m_c1.ratio,
-                             "detops_by_slice": paired(chosen, m_c1)}  # fmt: skip
+                             "detops_by_slice": by_slice,
+                             "detops_slices_above": above}  # fmt: skip
     rows.append(("  c=1 quietest slices (info)", f"{chosen.quiet_ms:.2f} ms",
                  f"{quiet_base:.2f} ms (either in-process); hand-written {h_quiet:.2f}x",
                  f"{quiet:.2f}x", ""))  # fmt: skip
