@@ -162,6 +162,12 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, what: str) -> None:
             time.sleep(0.1)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     def __init__(self, ws: Path, model: str, *, policy: str, spinning: str, log: Path,
                  lanes: int = 0) -> None:  # fmt: skip
@@ -186,8 +192,7 @@ class ServerProcess:
         return float("nan")
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_s(self.proc.pid)
 
     def metric(self, name: str) -> float:
         text = httpx.get(self.url + "/metrics", timeout=10).text
@@ -220,6 +225,9 @@ class ComparisonServer:
         )  # fmt: skip
         wait_ready(self.proc, self.url, log, script)
 
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
+
     def stop(self) -> None:
         stop_process(self.proc)
         self._log.close()
@@ -241,7 +249,7 @@ class C1:
 
     loads: list[Load]
     bases: list[float]
-    cpu_ms: float  # server CPU per request over the slices (nan for the hand-written one)
+    cpu_ms: float  # server CPU per request over the slices (all its threads)
 
     @property
     def p50_ms(self) -> float:
@@ -392,8 +400,12 @@ def main() -> None:
 
         def __call__(self) -> Load:
             srv = self.srv
-            if not isinstance(srv, ServerProcess):
-                return wrk(srv.url, lua, image, conns=self.conns, seconds=half)
+            if not isinstance(srv, ServerProcess):  # no metrics: the requests wrk completed
+                cpu0 = srv.cpu_s()
+                got = wrk(srv.url, lua, image, conns=self.conns, seconds=half)
+                self.cpu_s += srv.cpu_s() - cpu0
+                self.served += got.requests
+                return got
             cpu0, n0 = srv.cpu_s(), srv.metric("detops_decode_seconds_count")
             got = wrk(srv.url, lua, image, conns=self.conns, seconds=half)
             self.cpu_s += srv.cpu_s() - cpu0
@@ -402,8 +414,6 @@ def main() -> None:
 
         @property
         def cpu_ms(self) -> float:
-            if not isinstance(self.srv, ServerProcess):
-                return float("nan")
             return self.cpu_s / max(1.0, self.served) * 1e3
 
     def rotate(sides: dict[str, Callable[[], Any]]) -> dict[str, list[Any]]:
@@ -602,6 +612,13 @@ def main() -> None:
     rows.append(("  minimal ASGI server, no-op (info)", f"{m_noop.p50_ms:.3f} ms",
                  f"{m_noop.base_ms:.3f} ms", f"+{m_noop.overhead_ms:.3f} ms", ""))  # fmt: skip
     results["minimal_noop_overhead_ms"] = m_noop.overhead_ms
+    # what each server's own handling costs in CPU, with nothing to run: steadier than the p50s
+    # (a busy host delays a request by far more than it adds to the request's CPU time)
+    rows.append(("  server CPU per request, no-op (info)", f"{noop.cpu_ms:.3f} ms",
+                 f"minimal {m_noop.cpu_ms:.3f} ms, hand-written {h_noop.cpu_ms:.3f} ms",
+                 f"+{noop.cpu_ms - m_noop.cpu_ms:.3f} ms vs minimal", ""))  # fmt: skip
+    results["noop_cpu_ms_per_request"] = {"detops": noop.cpu_ms, "minimal": m_noop.cpu_ms,
+                                          "hand-written": h_noop.cpu_ms}  # fmt: skip
 
     # RSS growth: the no-op model at c=8, so 20,000 requests take seconds, not minutes
     n_small, n_big = (int(x) for x in args.rss_requests.split(","))
