@@ -35,6 +35,10 @@ TEST_GATES = {
     "latency_p95": {"max_ratio": 3.0, "min_increase_ms": 25.0},
     "agreement": {"min_samples": 10},
 }
+# for a healthy candidate that must not be rolled back: a p95 over a few dozen requests on a
+# loaded 2-core host can read 3x and +25 ms (test_deploy_replicas flaked so); latency is the
+# "slower" canary test's and tests/monitor/test_gates.py's to check
+HEALTHY_GATES = {**TEST_GATES, "latency_p95": {"enabled": False}}
 
 
 def serve_deployment(

@@ -70,7 +70,7 @@ def test_a_lone_requests_record_is_made_without_another_request(
     server = running_server({"serve.log_flush_ms": 20})
     seen = spy_records(monkeypatch, server.service)
     post(server, "alone")
-    wait_until(lambda: seen == ["alone"], timeout=2, what="the deferred record (DEFER_S)")
+    wait_until(lambda: seen == ["alone"], timeout=10, what="the deferred record (DEFER_S)")
     wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
 
 
@@ -93,7 +93,7 @@ def test_records_behind_a_quick_model_run_on_the_loop_wait_for_the_timer(
     assert seen == ["first", "q1", "q2"], seen
     monkeypatch.setattr(service_module, "DEFER_S", 0.05)
     post(server, "q3")
-    wait_until(lambda: seen[-1:] == ["q3"], timeout=2, what="q3's record, by the timer")
+    wait_until(lambda: seen[-1:] == ["q3"], timeout=10, what="q3's record, by the timer")
 
 
 def test_work_deferred_on_a_loop_that_ended_runs_on_the_next_one(
@@ -172,17 +172,19 @@ def test_the_response_and_its_latency_end_before_the_work_deferred_after_it(
     real = server.service.log.record
 
     def slow_record(rec: dict[str, Any], sample: bytes | None = None) -> Any:
-        time.sleep(0.6)  # the record's building holds the loop after the response
+        # the record's building holds the loop after the response; long, so that the bounds
+        # below leave a loaded host seconds for the request itself
+        time.sleep(3.0)
         return real(rec, sample)
 
     monkeypatch.setattr(server.service.log, "record", slow_record)
     t0 = time.perf_counter()
     post(server, "slow-record")
     waited = time.perf_counter() - t0
-    assert waited < 0.5, f"the response waited {waited:.3f} s, for its record"
+    assert waited < 2.5, f"the response waited {waited:.3f} s, for its record"
     wait_until(lambda: len(rows(server.ws)) == 1, what="the stored record")
     rec = rows(server.ws)[0]
     # the record's latency and the latency histogram end with the response, not the record
     assert rec["request_id"] == "slow-record" and rec["status"] == 200, rec
-    assert rec["latency_ms"] < 500, rec
-    assert metric(server, "detops_total_seconds", "detops_total_seconds_sum") < 0.5
+    assert rec["latency_ms"] < 2500, rec
+    assert metric(server, "detops_total_seconds", "detops_total_seconds_sum") < 2.5

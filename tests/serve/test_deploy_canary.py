@@ -10,7 +10,7 @@ from detops.model.registry import get_model
 from detops.serve import deployments as deps
 from tests.serve import rollout_graphs as graphs
 from tests.serve.conftest import wait_until
-from tests.serve.deploy_helpers import TEST_GATES, Load, serve_deployment, wait_state
+from tests.serve.deploy_helpers import HEALTHY_GATES, TEST_GATES, Load, serve_deployment, wait_state
 
 
 def test_a_healthy_candidate_is_promoted_through_every_step(make_ws, running_server):
@@ -20,7 +20,7 @@ def test_a_healthy_candidate_is_promoted_through_every_step(make_ws, running_ser
         load.wait_for(20)
         # few samples per step keep the 1% step short; a p95 needs 20 samples, so latency is
         # left to the slower-candidate test and tests/monitor/test_gates.py
-        gates = {**TEST_GATES, "min_samples": 4, "latency_p95": {"enabled": False}}
+        gates = {**HEALTHY_GATES, "min_samples": 4}
         deps.start_canary(
             ws, "prod", "v2", steps="1,5,25,50,100", min_requests=4, min_seconds=0.1, gates=gates
         )
@@ -112,7 +112,7 @@ def test_too_little_data_holds_the_step_and_never_passes(make_ws, running_server
     server = serve_deployment(make_ws, running_server, [graphs.healthy()])
     ws = server.ws
     deps.start_canary(ws, "prod", "v2", steps="10,100", min_requests=50, min_seconds=0.2,
-                      gates=TEST_GATES)  # fmt: skip
+                      gates=HEALTHY_GATES)  # fmt: skip
     dep = wait_state(ws, ("insufficient_data",), timeout=20)
     assert dep.share == 0.1 and dep.step == 0  # the step holds its share
     hold = deps.history(ws, "prod")[-1]

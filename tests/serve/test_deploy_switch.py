@@ -11,7 +11,13 @@ from detops.serve import deployments as deps
 from detops.store.schema import predictions, shadow_comparisons
 from tests.serve import rollout_graphs as graphs
 from tests.serve.conftest import wait_until
-from tests.serve.deploy_helpers import AUTH, TEST_GATES, Load, serve_deployment, wait_state
+from tests.serve.deploy_helpers import (
+    AUTH,
+    HEALTHY_GATES,
+    Load,
+    serve_deployment,
+    wait_state,
+)
 
 
 def _comparisons(ws, version):
@@ -55,7 +61,7 @@ def test_shadow_copies_never_reach_clients_and_are_compared(make_ws, running_ser
     assert 'detops_shadow_requests_total{outcome="compared"}' in metrics
 
     # the agreement gate uses the shadow data: a canary of v3 is rolled back on it
-    gates = {**TEST_GATES, "no_detection_rate": {"enabled": False},
+    gates = {**HEALTHY_GATES, "no_detection_rate": {"enabled": False},
              "boxes_per_image": {"enabled": False}}  # fmt: skip
     with Load(server.url, threads=4):
         deps.start_canary(ws, "prod", "v3", steps="50,100", min_requests=1000, gates=gates)
@@ -131,7 +137,7 @@ def test_manual_promote_and_rollback_of_a_canary_under_load(make_ws, running_ser
     hold = {"min_requests": 10**6, "min_seconds": 3600}  # the controller never advances
     keys = [f"camera-{i}" for i in range(40)]
     with Load(server.url, threads=4, keys=keys) as load:
-        deps.start_canary(ws, "prod", "v2", steps="50,100", gates=TEST_GATES, **hold)
+        deps.start_canary(ws, "prod", "v2", steps="50,100", gates=HEALTHY_GATES, **hold)
         wait_until(lambda: _after(load, 0, "canary"), 20, "canary answers")
         load.wait_for(300)  # several answers per client key
         t = time.time()
@@ -140,7 +146,7 @@ def test_manual_promote_and_rollback_of_a_canary_under_load(make_ws, running_ser
         t_promoted = time.time()  # applied on this replica before the answer
         load.wait_for(40)
         t_v3 = time.time()
-        deps.start_canary(ws, "prod", "v3", steps="50,100", gates=TEST_GATES, **hold)
+        deps.start_canary(ws, "prod", "v3", steps="50,100", gates=HEALTHY_GATES, **hold)
         wait_until(lambda: _after(load, time.time() - 0.5, "canary"), 20, "canary of v3")
         r = server.client.post("/admin/deployments/prod/rollback", headers=AUTH)
         assert r.status_code == 200 and r.json()["state"] == "rolled_back"
