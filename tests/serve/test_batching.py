@@ -322,17 +322,19 @@ def test_lanes_need_a_narrow_runner():
 
 
 def test_measure_lane_gain_sees_runs_that_overlap():
-    # each run holds no GIL for 5 ms (as onnxruntime does): side by side, two lanes do twice
-    # the work of one; a runner that serialises (a lock) gains nothing
+    # each run holds no GIL for 20 ms (as onnxruntime does): side by side, two lanes do twice
+    # the work of one; a runner that serialises (a lock) gains nothing. 20 ms, not less: the
+    # side-by-side clock starts after the lanes' barrier, and on a loaded host the lanes can
+    # get milliseconds ahead of it
     ev = threading.Event()
     lock = threading.Lock()
 
     def free(batch):
-        ev.wait(0.005)
+        ev.wait(0.02)
 
     def serial(batch):
         with lock:
-            ev.wait(0.005)
+            ev.wait(0.02)
 
     x = np.zeros((1, 3, 4, 4), np.float32)
     assert measure_lane_gain(free, free, x, 2) > 1.6
