@@ -357,12 +357,19 @@ def test_requests_are_decoded_while_every_lane_runs_the_model(
     model_ends: list[float] = []
     real_prepare, real_lane = service_module._prepare, batcher._infer_lane
 
+    all_decoded = threading.Event()
+    held_until_all_decoded: list[bool] = []
+
     def prepare(runtime: Any, batcher: Any, data: bytes, inline: bool = False, *rest: Any) -> Any:
         decoded.append(time.monotonic() - t0)
+        if len(decoded) == 4:
+            all_decoded.set()
         return real_prepare(runtime, batcher, data, inline, *rest)
 
     def slow_lane(batch: Any, queued: bool = False) -> Any:
-        time.sleep(0.5)  # holding the lane
+        # holding the lane until all four requests are decoded (a wait, not a fixed sleep: a
+        # loaded host may take long to send them); never, if decoding waited for the lanes
+        held_until_all_decoded.append(all_decoded.wait(20))
         out = real_lane(batch, queued)
         model_ends.append(time.monotonic() - t0)
         return out
@@ -383,6 +390,7 @@ def test_requests_are_decoded_while_every_lane_runs_the_model(
         th.join(30)
     assert codes == [200] * 4
     assert len(decoded) == 4 and len(model_ends) == 4, (decoded, model_ends)
+    assert held_until_all_decoded == [True] * 4, held_until_all_decoded
     # every request was decoded before the first model run ended
     assert max(decoded) < min(model_ends), (decoded, model_ends)
 
