@@ -147,20 +147,21 @@ def test_manual_promote_and_rollback_of_a_canary_under_load(make_ws, running_ser
         load.wait_for(40)
         t_v3 = time.time()
         deps.start_canary(ws, "prod", "v3", steps="50,100", gates=HEALTHY_GATES, **hold)
-        wait_until(lambda: _after(load, time.time() - 0.5, "canary"), 20, "canary of v3")
+        wait_until(lambda: _after(load, t_v3, "canary"), 20, "canary of v3")
         r = server.client.post("/admin/deployments/prod/rollback", headers=AUTH)
         assert r.status_code == 200 and r.json()["state"] == "rolled_back"
         t_back = time.time()
         load.wait_for(40)
     assert not load.errors and {a.status for a in load.answers} == {200}
     # sticky: during the canary each client key got one version, whichever replica asked
-    first = min(a.sent for a in load.answers if a.reason == "canary")
+    # (from the first canary answer's arrival: every request sent after it met the canary's plan)
+    first = min(a.received for a in load.answers if a.reason == "canary")
     sides: dict[str, set[int]] = {}
     for a in load.answers:
-        if first + 0.2 < a.sent and a.received < t:
+        if first < a.sent and a.received < t:
             sides.setdefault(a.key, set()).add(a.version)
     mixed = {k: [(round(a.sent - first, 3), a.version, a.reason) for a in load.answers
-                 if a.key == k and first + 0.2 < a.sent and a.received < t]
+                 if a.key == k and first < a.sent and a.received < t]
              for k, v in sides.items() if len(v) > 1}  # fmt: skip
     events = [(e["kind"], e["at"]) for e in deps.history(ws, "prod")]
     assert not mixed, (mixed, events, first)
