@@ -88,11 +88,9 @@ def test_replicas_split_alike_and_one_controller_at_a_time(replicas):
     ws, procs = replicas
     (pa, a), (pb, b) = procs
     hold = {"min_requests": 10**6, "min_seconds": 3600}  # the controller judges, never advances
-    # nor rolls back: the candidate costs what live does, but a p95 over a few dozen requests
-    # on a loaded machine can read 3x and +25 ms, and a rollback mid-loop would split the
-    # replicas' answers while one has seen it and the other not
-    gates = HEALTHY_GATES
-    deps.start_canary(ws, "prod", "v2", steps="50,100", gates=gates, **hold)
+    # nor rolls back (HEALTHY_GATES): a rollback mid-loop would split the replicas' answers
+    # while one has seen it and the other not
+    deps.start_canary(ws, "prod", "v2", steps="50,100", gates=HEALTHY_GATES, **hold)
     for c in (a, b):
         wait_until(lambda c=c: "det@v2/serve" in _replica(c)["loaded"], 30, "the candidate")
     image = image_bytes(64, 64, seed=3)

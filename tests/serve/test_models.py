@@ -27,8 +27,8 @@ def test_alias_move_swaps_without_failing_a_request(running_server, lanes):
     data = image_bytes(64, 64, value=128)
     v1_box = server.client.post("/v1/detect", content=data, headers=JPEG).json()["detections"][0]
     stop = threading.Event()
-    answers: list[tuple[int, int, list[float]]] = []
-    times: list[tuple[float, float, int]] = []  # sent, received, version
+    # status, version, box, and when the request was sent and its answer received
+    answers: list[tuple[int, int, list[float], float, float]] = []
     lock = threading.Lock()
 
     def hammer() -> None:
@@ -38,39 +38,32 @@ def test_alias_move_swaps_without_failing_a_request(running_server, lanes):
                 r = c.post("/v1/detect", content=data, headers=JPEG)
                 received = time.perf_counter()
                 body = r.json()
+                box = body["detections"][0]["box"] if r.status_code == 200 else []
                 version = body.get("model", {}).get("version", -1)
                 with lock:
-                    answers.append(
-                        (
-                            r.status_code,
-                            version,
-                            body["detections"][0]["box"] if r.status_code == 200 else [],
-                        )
-                    )
-                    times.append((sent, received, version))
+                    answers.append((r.status_code, version, box, sent, received))
 
     with ThreadPoolExecutor(4) as pool:
         futs = [pool.submit(hammer) for _ in range(4)]
         wait_until(lambda: len(answers) >= 20, what="load on v1")
         set_alias(ws, "det@v2", "production")
-        wait_until(lambda: any(v == 2 for _, v, _ in answers), what="the swap to v2")
+        wait_until(lambda: any(a[1] == 2 for a in answers), what="the swap to v2")
         n = len(answers)
         wait_until(lambda: len(answers) >= n + 20, what="load on v2")
         stop.set()
         for f in futs:
             f.result()
 
-    assert {s for s, _, _ in answers} == {200}  # no request failed during the swap
-    versions = [v for _, v, _ in answers]
-    assert set(versions) == {1, 2}
+    assert {a[0] for a in answers} == {200}  # no request failed during the swap
+    assert {a[1] for a in answers} == {1, 2}
     # every answer came whole from the version it names (no half-loaded model)
-    for _, v, box in answers:
+    for _, v, box, _, _ in answers:
         expected = v1_box["box"] if v == 1 else V2_BOX
         assert box == pytest.approx(expected, abs=1e-4)
     # once v2 had answered, the switch was made: no request sent after that got v1 (requests in
     # flight at the swap may; the order of the list is the threads', not the server's)
-    first_v2 = min(received for _, received, v in times if v == 2)
-    late_v1 = [(sent - first_v2, v) for sent, _, v in times if sent > first_v2 and v == 1]
+    first_v2 = min(received for _, v, _, _, received in answers if v == 2)
+    late_v1 = [sent - first_v2 for _, v, _, sent, _ in answers if v == 1 and sent > first_v2]
     assert not late_v1, late_v1
     status = server.client.get("/v1/models").json()[0]
     assert status["ref"] == "det@v2"
