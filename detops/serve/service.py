@@ -276,7 +276,7 @@ class Service:
     def defer(self, calls: list[Callable[[], None]]) -> None:
         """Run ``calls`` (a sent response's prediction-log record, see ``detect``'s ``after``)
         on this event loop at its next idle moment: when a request next hands work to the pool
-        (the loop would wait there anyway), else after ``DEFER_S``. Run right after the
+        (just before it, or while the pool decodes), else after ``DEFER_S``. Run right after the
         response instead, they held the loop when a client's next request arrived: a client
         that sends one request at a time (wrk at c=1) sends the next as soon as it has the
         answer, and waited for ~150 us of record building (with the features it then held).
@@ -414,20 +414,17 @@ class Service:
                     else:
                         # the model runs in the pool: however long it takes, the loop stays free
                         # (a timeout can fire, and other requests are read and queued meanwhile)
-                        run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
-                        # while the model runs: earlier responses' records (see defer), and this
-                        # image's features, its pixels still in the caches (60 us at 320x320;
-                        # left for its record, 100 us of the record's 150; in-process ASGI
-                        # driver, no-op model: 1.37-1.44 vs 1.44-1.50 ms CPU per request).
-                        # Other places for this work read level within this host's noise
-                        # (server code trees, wrk at c=1, 8 alternating rounds of 3 s, default
-                        # detector): the features, or the features and the records, before the
-                        # hand-over; the loop first waiting (GIL released) for the pool thread
-                        # to take the run; the records right after the response: 1.14-1.15x
-                        # the in-process pipeline, as this order.
+                        # first earlier responses' records (see defer) and this image's
+                        # features, its pixels still in the caches (60 us at 320x320 on a quiet
+                        # core): done while the model runs they took a core from its two
+                        # threads, and cost the loop ~3x their quiet CPU time. wrk at c=1,
+                        # default detector, alternating rounds of 3 s against doing them during
+                        # the run: p50 ratio 0.971 (24 rounds, lower in 16) and 0.982 (lower in
+                        # 16 of 24); three earlier runs 0.909, 0.985, 1.011 (lower in 31 of 52)
                         self.run_deferred()
                         with contextlib.suppress(Exception):  # the record tries again, counted
                             prep.take_features()
+                        run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
                         prep.result = await run
             except TimeoutError:
                 raise DeadlineExceeded(

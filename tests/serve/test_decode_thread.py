@@ -1,7 +1,8 @@
 """Which thread decodes: a request alone on the server on the event loop's thread, others (and
 large or costly images, and the batch endpoint's images) in the decode pool; the model runs in
-the pool, its features meanwhile taken on the loop, unless its runs are quick: a lone request
-then runs it on the loop too, the features left to its record. Against a real server."""
+the pool, its features (and earlier responses' records) taken on the loop just before, unless
+its runs are quick: a lone request then runs it on the loop too, the features left to its
+record. Against a real server."""
 
 from __future__ import annotations
 
@@ -143,45 +144,67 @@ def test_a_quick_models_run_on_the_loop_past_the_deadline_is_a_504(
     assert ok.status_code == 200, ok.text
 
 
-def test_a_lone_requests_features_are_taken_on_the_loop_while_its_model_runs(
+def test_a_lone_requests_features_and_earlier_records_come_on_the_loop_before_its_model_runs(
     running_server, monkeypatch: pytest.MonkeyPatch
 ):
-    # the pixels are still in the caches then; taken for the record after the response,
-    # they were read back out of memory (see Service.detect)
+    # the pixels are still in the caches then, and the model's two threads have the cores to
+    # themselves while it runs (see Service.detect)
+    monkeypatch.setattr(service_module, "DEFER_S", 3600.0)  # the first record: at a hand-off
+    monkeypatch.setattr(service_module, "INLINE_RUN_MAX_S", 0.0)  # every run: in the pool
     server = running_server({"serve.log_flush_ms": 20})
     batcher = server.service.host.current.batcher
     real_try, real_features = batcher.try_direct, service_module.image_features
-    model_started, taken = threading.Event(), threading.Event()
-    events: list[tuple[str, str, bool]] = []  # (what, thread, whether the other had come)
+    real_record = server.service.log.record
+    events: list[tuple[str, str]] = []  # (what, thread) in order
 
     def try_direct(tensor: Any) -> Any:
-        model_started.set()
-        # the model waits for the features: taken before it was handed over, or after the
-        # response, they would not come while it waits
-        events.append(("model", threading.current_thread().name, taken.wait(5)))
+        events.append(("model", threading.current_thread().name))
         return real_try(tensor)
 
+    # each pauses first with the GIL released: a model handed over before them would log its
+    # start in the meantime (without the pause the loop's thread, holding the GIL, could finish
+    # them before the pool thread even began)
     def features(image: Any) -> Any:
-        events.append(("features", threading.current_thread().name, model_started.wait(5)))
-        taken.set()
+        time.sleep(0.2)
+        events.append(("features", threading.current_thread().name))
         return real_features(image)
+
+    def record(rec: dict[str, Any], sample: bytes | None = None) -> Any:
+        time.sleep(0.2)
+        events.append((f"record {rec['request_id']}", threading.current_thread().name))
+        return real_record(rec, sample)
 
     monkeypatch.setattr(batcher, "try_direct", try_direct)
     monkeypatch.setattr(service_module, "image_features", features)
+    monkeypatch.setattr(server.service.log, "record", record)
+    first = server.client.post(
+        "/v1/detect",
+        content=image_bytes(64, 48, "JPEG", seed=5),
+        headers={**JPEG, "x-request-id": "a"},
+    )
+    assert first.status_code == 200, first.text
     data = image_bytes(97, 53, "JPEG", seed=4)
-    r = server.client.post("/v1/detect", content=data, headers=JPEG)
+    r = server.client.post("/v1/detect", content=data, headers={**JPEG, "x-request-id": "b"})
     assert r.status_code == 200, r.text
     assert r.json()["image"] == {"width": 97, "height": 53}
-    wait_until(lambda: len(rows(server.ws)) == 1, what="the request's record")
-    assert [(e[0], e[2]) for e in events] == [("features", True), ("model", True)], events
-    assert not _in_pool(events[0][1]) and _in_pool(events[1][1]), events  # loop; pool
+    server.client.get("/metrics")  # an idle moment: b's record
+    wait_until(lambda: len(rows(server.ws)) == 2, what="both records")
+    assert [e[0] for e in events] == [
+        "features", "model",  # a
+        "record a", "features", "model",  # b: a's record and b's features before b's run
+        "record b",
+    ], events  # fmt: skip
+    loop_thread = events[0][1]
+    assert not _in_pool(loop_thread), events
+    assert all(t == loop_thread for what, t in events if what != "model"), events
+    assert all(_in_pool(t) for what, t in events if what == "model"), events
+    data_row = next(x for x in rows(server.ws) if x["request_id"] == "b")
     want = image_features(load_runtime(server.ws, "det@v1").decode_image(data))
-    rec = rows(server.ws)[0]
-    assert (rec["width"], rec["height"]) == (97, 53)
-    assert (rec["brightness"], rec["contrast"], rec["sharpness"]) == pytest.approx(
+    assert (data_row["width"], data_row["height"]) == (97, 53)
+    assert (data_row["brightness"], data_row["contrast"], data_row["sharpness"]) == pytest.approx(
         (want.brightness, want.contrast, want.sharpness)
     )
-    assert rec["status"] == 200, rec
+    assert data_row["status"] == 200, data_row
 
 
 def test_a_record_that_cannot_be_made_after_the_response_is_counted_and_serving_goes_on(
