@@ -113,7 +113,7 @@ class Prepared:
 
     def take_features(self) -> ImageFeatures:
         """The input features, computed now from ``image`` if they were left for later: once,
-        whichever of two threads asks first (the event loop while the model runs, a
+        whichever of two threads asks first (the event loop before the model runs, a
         prediction-log record, a shadow run); the other waits for them."""
         if self.features is None:
             with self._lock:
@@ -165,8 +165,8 @@ def _prepare(
     ``inline``: on the event loop, so refuse (ImageTooLarge / CostlyImage, before decoding) an
     image above INLINE_MAX_PIXELS or one whose decode time its size does not bound; the
     features are then left to the caller (``prep.image`` kept), which takes them on the loop
-    while the model runs in the pool, or leaves them to the record when a quick model ran on
-    the loop (see ``Service.detect``)."""
+    just before handing the model to the pool, or leaves them to the record when a quick model
+    ran on the loop (see ``Service.detect``)."""
     t0 = time.perf_counter()
     img = (
         runtime.decode_image(data, INLINE_MAX_PIXELS, predictable_only=True)
