@@ -424,8 +424,9 @@ class Service:
                         self.run_deferred()
                         with contextlib.suppress(Exception):  # the record tries again, counted
                             prep.take_features()
-                        run = loop.run_in_executor(self.pool, lm.batcher.try_direct, prep.tensor)
-                        prep.result = await run
+                        prep.result = await loop.run_in_executor(
+                            self.pool, lm.batcher.try_direct, prep.tensor
+                        )
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from {lm.ref} within serve.timeout_ms="
