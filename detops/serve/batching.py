@@ -11,8 +11,9 @@ Policies (``serve.batch_policy``)::
             more requests are being decoded (announced), so a lone request never waits
     greedy  take what is already queued, never wait
     off     one job per run
-    auto    measure batch 1 vs batch N at warm-up (:func:`measure_batch_gain`) and pick:
-            gain >= 1.5 -> wait, gain >= 1.25 -> greedy, else off
+    auto    measure batch 1 vs batch N at warm-up (:func:`measure_batch_gain`) on the
+            session a batch would run on under load (with lanes, a one-thread one) and
+            pick: gain >= 1.5 -> wait, gain >= 1.25 -> greedy, else off
 
 On CPUs a batch of 8 costs about 8 single images, and under real load batching then loses:
 with the default detector on 2 cores (``bench/serve_bench.py``, wrk at c=8, two alternating
@@ -20,7 +21,10 @@ rounds) batching off served 144.6 / 150.9 req/s, greedy 108.2, wait 111.3-118.9,
 isolated warm-up measure gave a batch gain of 1.22-1.28: batched runs stall behind the decoding
 that shares the cores, and one request's result waits for the whole batch. So ``auto`` batches
 only where the gain is large enough to pay for that (an accelerator, a model with a high fixed
-cost per call) and otherwise turns batching off, which is then batching's best case here.
+cost per call) and otherwise turns batching off, which is then batching's best case here. Most
+of that 1.22-1.28 was a batch splitting across two threads better than one image does, which
+two lanes give single images as well; on the one-thread session that lanes run under load, the
+same batch read 0.97-1.06, so that is where ``auto`` measures once there are lanes.
 
 A request that finds a lane free and nothing queued runs at once in the thread that decoded it
 (:meth:`Batcher.try_direct`); this saves two thread hand-offs per request at low load. Under

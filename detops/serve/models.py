@@ -132,7 +132,14 @@ def start_model(
             rt.drop_narrow()  # the measure's one-thread session: one lane never uses it
     if policy == "auto":
         if rt.max_batch is None and n > 1:
-            gain = measure_batch_gain(wide, sample, n)
+            # measured on the session a batch runs on under load: with lanes, a one-thread
+            # session beside another run. On a full session a batch also gains from splitting
+            # better across the cores than one image does, which lanes already give singles:
+            # the default detector read 1.23-1.26 there against 0.97-1.06 on one thread (the
+            # reference-cost one 1.27-1.34 against 0.93-0.97, this 2-vCPU VM, quiet), and a
+            # warm-up that read 1.272 chose greedy, which then served 166.1 req/s at c=8 against
+            # 184.9 with batching off (bench/serve_bench.py)
+            gain = measure_batch_gain(rt.infer_narrow if n_lanes > 1 else wide, sample, n)
             policy = choose_policy(gain)
         else:
             policy = "off"

@@ -97,7 +97,9 @@ class ModelStatus(_Schema):
     ready: bool
     batch_policy: str = Field(description="batching policy in use (auto picks one at warm-up)")
     batch_gain: float | None = Field(
-        None, description="per-image speed-up of batch max_batch_size over batch 1, measured"
+        None,
+        description="per-image speed-up of batch max_batch_size over batch 1, measured on the "
+        "session a batch runs on under load (one thread when there are several lanes)",
     )
     max_batch_size: int
     lanes: int = Field(1, description="ONNX Runtime runs of this version at once")

@@ -185,3 +185,38 @@ def test_spinning_alone_gives_the_batcher_a_quiet_twin_measured_and_warmed(monke
             assert rt._quiet is None
     finally:
         lm.batcher.close()
+
+
+@pytest.mark.parametrize(("lanes", "policy"), [(1, "wait"), (2, "off")])
+def test_auto_batching_is_measured_on_the_session_a_batch_runs_on_under_load(
+    monkeypatch, lanes, policy
+):
+    from detops.config import ServeSettings
+    from detops.model.runtime import Runtime
+    from detops.model.spec import ModelSpec
+    from detops.serve.models import start_model
+    from tests.serve.conftest import mean_box_onnx
+
+    rt = Runtime(mean_box_onnx(), ModelSpec(**spec()), intra_op_threads=2)
+    real_wide, real_narrow = rt.infer, rt.infer_narrow
+    pause = threading.Event()  # never set: wait() sleeps with the GIL released
+
+    def wide(batch):  # the full session: a cost per call, whatever the batch (a batch splits
+        pause.wait(0.003)  # across the cores where one image does not, or an accelerator)
+        return real_wide(batch)
+
+    def narrow(batch):  # one thread: a batch of 8 costs 8 images
+        pause.wait(0.002 * len(batch))
+        return real_narrow(batch)
+
+    monkeypatch.setattr(rt, "infer", wide)
+    monkeypatch.setattr(rt, "infer_narrow", narrow)
+    settings = ServeSettings(lanes=lanes, batch_policy="auto", max_batch_size=8)
+    lm = start_model("det", 1, rt, settings)
+    try:
+        # one lane: batches run on the full session, where they gain ~8x; two lanes: under
+        # load on one-thread sessions side by side, where batching gains nothing
+        assert (lm.batcher.lanes, lm.policy) == (lanes, policy)
+        assert lm.gain > 3 if lanes == 1 else lm.gain < 1.2
+    finally:
+        lm.batcher.close()
