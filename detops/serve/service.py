@@ -420,7 +420,10 @@ class Service:
                         # threads, and cost the loop ~3x their quiet CPU time. wrk at c=1,
                         # default detector, alternating rounds of 3 s against doing them during
                         # the run: p50 ratio 0.971 (24 rounds, lower in 16) and 0.982 (lower in
-                        # 16 of 24); three earlier runs 0.909, 0.985, 1.011 (lower in 31 of 52)
+                        # 16 of 24); three earlier runs 0.909, 0.985, 1.011 (lower in 31 of 52).
+                        # That is within what separates two processes of the same server in
+                        # such rounds (0.974 and 0.984, lower in 11 and 9 of 12): kept for the
+                        # loop CPU it saves, not for a latency gain shown
                         self.run_deferred()
                         with contextlib.suppress(Exception):  # the record tries again, counted
                             prep.take_features()
