@@ -39,7 +39,12 @@ def serve(
     batch_policy: str = typer.Option(
         None, "--batch-policy", help="auto | wait | greedy | off; serve.batch_policy."
     ),
-    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    log_level: str = typer.Option(
+        "warning",
+        "--log-level",
+        help="uvicorn's log level; the server's own lines (models loaded, swapped, rollout "
+        "decisions) show unless error or critical.",
+    ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
     workspace: str = WorkspaceOpt,
 ) -> None:

@@ -158,8 +158,19 @@ def start_model(
         infer_narrow=rt.infer_narrow if n_lanes > 1 else None,
         infer_busy=busy,
     ).start()
-    log.info("loaded %s: batch policy %s (measured gain %s), %d lane(s) (measured gain %s)",
-             ref, policy, gain, n_lanes, lane_gain)
+    log.info(
+        "loaded %s: batching %s%s, %d lane(s)%s",
+        ref,
+        policy,
+        ""
+        if gain is None
+        else f" (auto: a batch of {n} ran {gain:.3f}x as many images a second as single "
+        f"images, on {'a one-thread session' if n_lanes > 1 else 'the full session'})",
+        n_lanes,
+        ""
+        if lane_gain is None
+        else f" (auto: runs side by side did {lane_gain:.3f}x the work of one on every core)",
+    )
     return LoadedModel(name, version, rt, batcher, policy, gain, lane_gain)
 
 

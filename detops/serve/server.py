@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -25,11 +26,34 @@ def tcp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+_LOG_LEVEL_ENV = "DETOPS_LOG_LEVEL"  # configure_logging's level, for --workers' processes
+
+
+def configure_logging(level: str = "warning") -> None:
+    """Show the server's own log lines on stderr, as uvicorn shows its: a model loaded (with
+    what ``auto`` chose and measured), swapped or unloaded, rollout decisions, dropped records.
+
+    ``level`` is the uvicorn ``--log-level``. The server's info lines are a few per model or
+    decision, never one per request, so they show at the default ``warning`` too; ``error``
+    and ``critical`` silence them, ``debug`` adds debug lines.
+    """
+    name = level.upper()
+    value = logging.DEBUG if name == "TRACE" else logging.getLevelName(name)
+    wanted = value if isinstance(value, int) else logging.WARNING
+    logger = logging.getLogger("detops")
+    logger.setLevel(min(wanted, logging.INFO) if wanted <= logging.WARNING else wanted)
+    if not logger.hasHandlers():  # nothing shows them yet: an embedder's own handlers stay
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def app_from_env() -> Any:
     """uvicorn factory for ``--workers > 1``: each process opens the workspace in DETOPS_HOME
     (settings from its DETOPS_SERVE_* environment) and builds its own app."""
     from detops.workspace import Workspace
 
+    configure_logging(os.environ.get(_LOG_LEVEL_ENV, "warning"))
     ws = Workspace.find(os.environ.get("DETOPS_HOME"))
     return create_app(build_service(ws))
 
@@ -38,6 +62,7 @@ def serve(ws: Any, *, log_level: str = "warning", access_log: bool = False) -> N
     """Serve ``ws.settings.serve`` until interrupted."""
     import uvicorn
 
+    configure_logging(log_level)
     s = ws.settings.serve
     common = dict(
         host=s.host,
@@ -56,6 +81,7 @@ def serve(ws: Any, *, log_level: str = "warning", access_log: bool = False) -> N
                     str(value).lower() if isinstance(value, bool) else str(value)
                 )
         os.environ["DETOPS_HOME"] = str(ws.root)
+        os.environ[_LOG_LEVEL_ENV] = log_level
         from uvicorn.supervisors import Multiprocess
 
         config = uvicorn.Config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -71,3 +72,29 @@ def test_serve_answers_detect_and_stops_cleanly(tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "det@production on http://127.0.0.1" in err
+    # what batch_policy auto chose, in the server's own log line as at /v1/models
+    [loaded] = [line for line in err.splitlines() if "loaded det@v1" in line]
+    assert loaded.startswith("INFO") and f"batching {m['batch_policy']} (auto: " in loaded
+    assert f"{m['batch_gain']:.3f}x" in loaded and f"{m['lanes']} lane(s)" in loaded
+
+
+def test_the_servers_own_lines_follow_log_level_but_show_at_the_default():
+    from detops.serve.server import configure_logging
+
+    logger = logging.getLogger("detops")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        expected_levels = {
+            "warning": logging.INFO,  # the default: loads, swaps and decisions still show
+            "info": logging.INFO,
+            "debug": logging.DEBUG,
+            "trace": logging.DEBUG,
+            "error": logging.ERROR,
+            "critical": logging.CRITICAL,
+        }
+        for given, expected in expected_levels.items():
+            configure_logging(given)
+            assert logger.level == expected, given
+    finally:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
