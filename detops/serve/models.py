@@ -138,7 +138,8 @@ def start_model(
             # the default detector read 1.23-1.26 there against 0.97-1.06 on one thread (the
             # reference-cost one 1.27-1.34 against 0.93-0.97, this 2-vCPU VM, quiet), and a
             # warm-up that read 1.272 chose greedy, which then served 166.1 req/s at c=8 against
-            # 184.9 with batching off (bench/serve_bench.py)
+            # 184.9 with batching off (bench/serve_bench.py). One thread makes the measure
+            # longer: 0.48-0.50 s against 0.27-0.31 s a load for the default detector
             gain = measure_batch_gain(rt.infer_narrow if n_lanes > 1 else wide, sample, n)
             policy = choose_policy(gain)
         else:
@@ -158,19 +159,16 @@ def start_model(
         infer_narrow=rt.infer_narrow if n_lanes > 1 else None,
         infer_busy=busy,
     ).start()
-    log.info(
-        "loaded %s: batching %s%s, %d lane(s)%s",
-        ref,
-        policy,
-        ""
-        if gain is None
-        else f" (auto: a batch of {n} ran {gain:.3f}x as many images a second as single "
-        f"images, on {'a one-thread session' if n_lanes > 1 else 'the full session'})",
-        n_lanes,
-        ""
-        if lane_gain is None
-        else f" (auto: runs side by side did {lane_gain:.3f}x the work of one on every core)",
-    )
+    chose, lanes_chose = "", ""
+    if gain is not None:
+        where = "a one-thread session" if n_lanes > 1 else "the full session"
+        chose = (
+            f" (auto: a batch of {n} ran {gain:.3f}x as many images a second as single images, "
+            f"on {where})"
+        )
+    if lane_gain is not None:
+        lanes_chose = f" (auto: side by side they did {lane_gain:.3f}x the work of one run)"
+    log.info("loaded %s: batching %s%s, %d lane(s)%s", ref, policy, chose, n_lanes, lanes_chose)
     return LoadedModel(name, version, rt, batcher, policy, gain, lane_gain)
 
 
